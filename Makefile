@@ -1,0 +1,28 @@
+# The two commands of the README, plus helpers. Each target sets up .venv first (safe to rerun).
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup main test test-fast docs export clean-nbs bench
+
+setup:
+	bash .ci/setup --browser
+
+## main: run the main job (the quick experiment suite on the embedded default dataset)
+main: setup
+	$(BIN)/tq_experiments --suite main --preset quick --seeds 0
+
+## test: everything CI checks: library in sync with notebooks, notebook tests, property tests, docs site
+test: setup
+	$(BIN)/python tests/check_export.py
+	$(BIN)/python -m pytest -q tests
+
+## docs: build the static documentation site into _docs/ (offline; Quarto users can run nbdev_docs)
+docs: setup
+	$(BIN)/python -m tq_nb.docs_site
+
+export:
+	$(BIN)/nbdev_export && $(BIN)/nbdev_clean && $(BIN)/nbdev_readme
+
+bench: setup
+	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
