@@ -19,7 +19,7 @@ test: setup
 
 ## docs: build the static documentation site into _docs/ (offline; Quarto users can run nbdev_docs)
 docs: setup
-	$(BIN)/python -m tq_nb.docs_site
+	$(BIN)/python .ci/build_docs.py
 
 export:
 	$(BIN)/nbdev_export && $(BIN)/nbdev_clean && $(BIN)/nbdev_readme
