@@ -12,6 +12,7 @@ from torch import nn
 from tq_nb.deploy import (IntLinear, NotConvertible, convert_, int8_weight, int_mm, load_int, quantize_per_token,
                           quantize_static, requantize_int8, save_int, to_int)
 from tq_nb.transformer import QWeight, build_model, replace_linears_
+from tq_nb.quantize import fake_quant, qrange
 
 SETTINGS = settings(max_examples=30, deadline=None)
 
@@ -68,7 +69,8 @@ def test_int8_weight_exact(bits, kind, n, k, seed):
     zero = (2**bits - 1) / 2 if kind == 'half' else 2**(bits - 1)
     qw = codes_qweight(n, k, bits, zero, seed)
     r = int8_weight(qw)
-    fits = bits < 8 or kind == 'int'  # a half-way zero point at 8 bits needs 2*(c-z) up to ±255
+    v = (1 if kind == 'int' else 2) * (qw.codes.double() - zero)  # a half-way zero point at 8 bits can need ±255
+    fits = bool(((v >= -128) & (v <= 127)).all())
     assert (r is not None) == fits
     if r is not None:
         W, s = r
@@ -86,22 +88,25 @@ def test_requantize_within_half_step(n, k, zero, seed):
 
 
 @SETTINGS
-@given(st.integers(1, 30), st.integers(1, 50), st.floats(1e-3, 1e3), st.integers(0, 2**31 - 1))
-def test_per_token_half_step(M, K, mag, seed):
-    x = torch.randn(M, K, generator=torch.Generator().manual_seed(seed)) * mag
-    q, s = quantize_per_token(x)
-    assert q.dtype == torch.int8 and q.abs().max() <= 127
-    assert ((q.float() * s - x).abs() <= s / 2 * (1 + 1e-5)).all()
+@given(st.integers(1, 30), st.integers(1, 50), st.floats(1e-3, 1e3), st.floats(-2, 2), st.integers(0, 2**31 - 1))
+def test_per_token_half_step(M, K, mag, shift, seed):
+    x = (torch.randn(M, K, generator=torch.Generator().manual_seed(seed)) + shift) * mag
+    q, s, z = quantize_per_token(x)
+    assert q.dtype == torch.int8 and (z == z.round()).all()
+    assert ((s * (q.float() - z) - x).abs() <= s / 2 * (1 + 1e-4) + 1e-6 * x.abs()).all()
 
 
 @SETTINGS
-@given(st.integers(2, 8), st.floats(0.01, 1.0), st.integers(0, 255), st.integers(0, 2**31 - 1))
-def test_static_matches_fake_quant(bits, scale, zero, seed):
-    zero = zero % 2**bits
+@given(st.integers(2, 8), st.booleans(), st.floats(0.01, 1.0), st.integers(0, 255), st.integers(0, 2**31 - 1))
+def test_static_matches_fake_quant(bits, symmetric, scale, zero, seed):
+    "The codes are exactly those of tq_nb.quantize's fake quantizer (same rounding, same clamp)."
+    qmin, qmax = qrange(bits, symmetric)
+    zero = float(qmin + zero % (qmax - qmin + 1))
     x = torch.randn(7, 9, generator=torch.Generator().manual_seed(seed)) * 2
-    q = quantize_static(x, torch.tensor(scale), torch.tensor(float(zero)), bits)
-    fake = ((x / scale).round() + zero).clamp(0, 2**bits - 1) - zero
-    assert torch.equal(q.float() + 2**(bits - 1) - zero, fake)
+    scale = torch.tensor(scale)
+    q = quantize_static(x, scale, torch.tensor(zero), bits, qmin)
+    fake = fake_quant(x, scale, zero, qmin, qmax)
+    assert torch.equal((q.float() + 2**(bits - 1) - zero) * scale, fake)
 
 
 @SETTINGS
@@ -116,7 +121,7 @@ def test_int_linear_within_bound(bits, k, n, bias, seed):
         il = IntLinear.from_qweight(qw, s.bias)
     W, ws = int8_weight(il.qweight())
     w = W.float() * ws[:, None]                        # what the integer layer multiplies by (= qw unless requantized)
-    _, sx = quantize_per_token(x.reshape(-1, k))
+    _, sx, _ = quantize_per_token(x.reshape(-1, k))
     bound = sx / 2 * w.abs().sum(1) + 1e-4 * (1 + F.linear(x, w).reshape(-1, n).abs())
     assert ((il(x) - F.linear(x, w, s.bias)).reshape(-1, n).abs() <= bound).all()
 
