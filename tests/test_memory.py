@@ -40,3 +40,131 @@ def test_every_byte_pattern_unpacks_and_repacks(bits, raw):
     packed = torch.tensor(raw, dtype=torch.uint8)
     n = len(raw) * 8 // bits
     assert torch.equal(pack_bits(unpack_bits(packed, bits, n), bits), packed)
+
+
+# ---- counted sizes, ratio 1.0, checkpoint errors -------------------------------------------------
+import math, tempfile
+from pathlib import Path
+import pytest
+import torch.nn.functional as F
+from torch import nn
+from tq_nb.transformer import QWeight, build_model
+from tq_nb.memory import (size_breakdown, model_size, save_packed, load_packed, checkpoint_sizes, CheckpointError,
+                          quantized_layers)
+
+
+class HandQuant(nn.Linear):
+    "Per-row symmetric quantization with scale and zero point stored at chosen dtypes (for hand-counted sizes)."
+    def __init__(self, lin, bits, scale_dtype=torch.float32, zp_dtype=torch.float32, per_row_zp=False):
+        super().__init__(lin.in_features, lin.out_features, lin.bias is not None)
+        self.load_state_dict(lin.state_dict())
+        self.bits, self.quant_enabled = bits, True
+        self.scale_dtype, self.zp_dtype, self.per_row_zp = scale_dtype, zp_dtype, per_row_zp
+    def qweight(self):
+        w = self.weight.detach()
+        zp = 2**(self.bits - 1)
+        qmax = max(zp - 1, 1)
+        scale = (w.abs().amax(1, keepdim=True).clamp_min(1e-6) / qmax).to(self.scale_dtype)
+        codes = (w / scale.float()).round().clamp(-zp, 2**self.bits - 1 - zp) + zp
+        z = torch.full((w.shape[0], 1) if self.per_row_zp else (), zp, dtype=self.zp_dtype)
+        return QWeight(codes.to(torch.uint8), self.bits, scale, z)
+    def forward(self, x):
+        return F.linear(x, self.qweight().dequantize() if self.quant_enabled else self.weight, self.bias)
+
+
+class TwoLayer(nn.Module):
+    def __init__(self, d_in, d_hid, d_out, bias):
+        super().__init__()
+        self.ffn = nn.Module()
+        self.ffn.w1, self.ffn.w2 = nn.Linear(d_in, d_hid, bias=bias), nn.Linear(d_hid, d_out, bias=bias)
+    def forward(self, x): return self.ffn.w2(F.relu(self.ffn.w1(x)))
+
+
+dtypes = st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.int32])
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 8), st.integers(1, 9), st.integers(1, 9), st.integers(1, 5), st.booleans(),
+       st.sampled_from([torch.float32, torch.float16]), dtypes, st.booleans())
+def test_two_layer_size_matches_hand_count(bits, d_in, d_hid, d_out, bias, sdt, zdt, per_row_zp):
+    torch.manual_seed(0)
+    m = TwoLayer(d_in, d_hid, d_out, bias)
+    m.ffn.w1 = HandQuant(m.ffn.w1, bits, sdt, zdt, per_row_zp)
+    width = next(w for w in (1, 2, 4, 8) if w >= bits)
+    codes = math.ceil(d_in * d_hid * width / 8)
+    scales = d_hid * (2 if sdt == torch.float16 else 4)
+    zps = (d_hid if per_row_zp else 1) * torch.empty((), dtype=zdt).element_size()
+    biases = (d_hid + d_out) * 4 if bias else 0
+    fp = d_hid * d_out * 4
+    total = codes + scales + zps + biases + fp
+    ms = model_size(m)
+    assert ms.loc['total', 'bytes'] == total
+    assert ms.loc['total', 'weight_bytes'] == codes
+    assert ms.loc['total', 'overhead_bytes'] == scales + zps
+    assert ms.loc['total', 'fp32_bytes'] == (d_in * d_hid + d_hid * d_out + (d_hid + d_out if bias else 0)) * 4
+    assert ms.loc['total', 'ideal_weight_bytes'] == d_in * d_hid * bits / 8
+    assert ms.loc['embeddings', 'bytes'] == 0 and ms.loc['total_without_embeddings', 'bytes'] == total
+
+
+@pytest.mark.parametrize('kw', [dict(), dict(image_size=28, n_classes=10)])
+def test_nothing_quantized_has_ratio_one(kw):
+    m = build_model('tiny', **{'n_classes': 4, **kw}, seed=0)
+    ms = model_size(m)
+    assert ms.loc['total', 'ratio'] == 1.0 and ms.loc['total_without_embeddings', 'ratio'] == 1.0
+    assert ms.loc['total', 'bytes'] == sum(p.numel() * 4 for p in m.parameters())
+
+
+def _quantized(seed, bits=4, d_ff=64):
+    m = build_model('tiny', n_classes=4, seed=seed, d_ff=d_ff)
+    for name, lin in list(quantized_layers(m).items()) or []: pass
+    from tq_nb.transformer import replace_linears_
+    replace_linears_(m, 'all|~cls.final', lambda n, lin: HandQuant(lin, bits))
+    return m.eval()
+
+
+@pytest.fixture(scope='module')
+def ckpt():
+    d = Path(tempfile.mkdtemp())
+    m = _quantized(0)
+    save_packed(m, d/'m.safetensors')
+    return m, d/'m.safetensors'
+
+
+def _out(m):
+    ids = torch.arange(1, 33).reshape(2, 16) % 256
+    with torch.no_grad(): return m(ids)
+
+
+def test_file_size_matches_computed_and_loads_exactly(ckpt):
+    m, path = ckpt
+    cs = checkpoint_sizes(path)
+    assert cs['data'] == model_size(m).loc['total', 'bytes']
+    assert torch.equal(_out(load_packed(_quantized(1), path)), _out(m))
+
+
+@pytest.mark.parametrize('other, layer', [(lambda: _quantized(0, bits=8), 'layers.0.mha.q'),
+                                          (lambda: _quantized(0, d_ff=128), 'layers.0.ffn.w1')])
+def test_mismatched_configuration_names_the_layer(ckpt, other, layer):
+    _, path = ckpt
+    with pytest.raises(CheckpointError, match=f"layer '{layer}'"): load_packed(other(), path)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_corruption_fails_cleanly_or_loads_exactly(ckpt, data):
+    m, path = ckpt
+    raw = path.read_bytes()
+    d = Path(tempfile.mkdtemp())
+    if data.draw(st.booleans(), label='truncate'):
+        bad = raw[:data.draw(st.integers(0, len(raw) - 1), label='keep')]
+    else:
+        pos, flip = data.draw(st.integers(0, len(raw) - 1), label='pos'), data.draw(st.integers(1, 255), label='xor')
+        bad = bytearray(raw); bad[pos] ^= flip; bad = bytes(bad)
+    (d/'bad.safetensors').write_bytes(bad)
+    target = _quantized(2)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    try:
+        load_packed(target, d/'bad.safetensors')
+    except CheckpointError:
+        assert all(torch.equal(before[k], v) for k, v in target.state_dict().items()), 'half-loaded'
+    else:  # a flip that leaves the file meaning the same (e.g. in header padding) must still load exactly
+        assert torch.equal(_out(target), _out(m))
