@@ -36,8 +36,8 @@ class StandIn(nn.Linear):
     def forward(self, x):
         return F.linear(x, self.qweight().dequantize() if self.quant_enabled else self.weight, self.bias)
     def to_linear(self, bake=True):
-        lin = nn.Linear(self.in_features, self.out_features)
-        lin.load_state_dict(self.state_dict())
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        lin.load_state_dict({k: v for k, v in self.state_dict().items() if k in ('weight', 'bias')})
         if bake: lin.weight.data = self.qweight().dequantize()
         return lin
 
@@ -156,3 +156,47 @@ def test_bad_input():
     with pytest.raises(NotConvertible, match='needs trained input ranges'): to_int(stand_in_model(4), act='static')
     with pytest.raises(ValueError, match="act must be one of"): to_int(stand_in_model(4), act='per-tensor')
     with pytest.raises(ValueError, match='already converted'): convert_(to_int(stand_in_model(4)))
+
+
+class InputQuant(nn.Module):
+    "Stand-in for a trained input quantizer: scale, zero point, bits and qmin, as chapter 03's exposes."
+    def __init__(self, scale, zero_point, bits=8, qmin=0):
+        super().__init__()
+        self.register_buffer('scale', torch.tensor(float(scale))); self.register_buffer('zero_point', torch.tensor(float(zero_point)))
+        self.bits, self.qmin = bits, qmin
+    def forward(self, x): return fake_quant(x, self.scale, self.zero_point, self.qmin, 2**self.bits - 1)
+
+
+class FullStandIn(StandIn):
+    "Stand-in for a fully quantized layer: fake-quantized input, then the quantized weight."
+    def forward(self, x): return super().forward(self.act_quant(x))
+
+
+def full_stand_in_model(scale=0.05, zero=128., a_bits=8):
+    m = build_model('tiny', n_classes=4, vocab_size=50, seed=0).eval()
+    def make(name, lin):
+        s = FullStandIn(lin.in_features, lin.out_features)
+        s.load_state_dict(lin.state_dict()); s.bits = 4; s.act_quant = InputQuant(scale, zero, a_bits)
+        return s
+    replace_linears_(m, 'all', make)
+    return m
+
+
+@pytest.mark.parametrize('a_bits,zero', [(8, 128.), (8, 3.), (4, 8.), (4, 0.)])
+def test_static_model_matches_fake_quant(a_bits, zero):
+    "With trained input ranges the integer model computes what the fake-quantized model computes, up to float rounding."
+    m = full_stand_in_model(zero=zero, a_bits=a_bits)
+    ids = torch.randint(0, 50, (16, 20), generator=torch.Generator().manual_seed(0))
+    im = to_int(m)
+    assert all(l.act == 'static' for l in im.modules() if isinstance(l, IntLinear))
+    with torch.no_grad():
+        torch.testing.assert_close(im(ids), m(ids), rtol=1e-4, atol=1e-4)
+    dyn = to_int(m, act='dynamic')
+    assert all(l.act == 'dynamic' for l in dyn.modules() if isinstance(l, IntLinear))
+
+
+@pytest.mark.parametrize('scale', [float('nan'), 0.0, float('inf')])
+def test_uncalibrated_is_an_error(scale):
+    m = full_stand_in_model(scale=scale)
+    with pytest.raises(NotConvertible, match='never calibrated'): to_int(m)
+    with pytest.warns(UserWarning, match='never calibrated'): to_int(m, allow_float=True)
