@@ -19,7 +19,7 @@ from safetensors.torch import save as st_save
 
 from tq_nb.data import atomic_write_bytes
 from tq_nb.transformer import build_model, strip_quant_
-from tq_nb.deploy import convert_, load_int, save_int
+from tq_nb.deploy import convert_, int_mm, load_int, save_int
 from tq_nb.quantize import quantize_
 from tq_nb.binarize import binarize_
 
@@ -117,6 +117,17 @@ def main(argv=None):
                                max_abs_vs_fake_quant=(y - ref_fake).abs().max().item(),
                                agree_vs_fake_quant=(y.argmax(1) == ref_fake.argmax(1)).float().mean().item())
 
+    # would fusing Q, K and V into one GEMM pay? the three int8 products separately vs as one
+    d = fp32.cfg.d_model
+    a8 = torch.randint(-128, 128, (args.batch * args.seq, d), generator=g, dtype=torch.int8).to(dev)
+    w3 = torch.randint(-128, 128, (3 * d, d), generator=g, dtype=torch.int8).to(dev)
+    qkv = {'q, k, v separately': lambda *_: [int_mm(a8, w.t()) for w in w3.split(d)], 'q, k, v fused': lambda *_: int_mm(a8, w3.t())}
+    qkv_times = {k: [] for k in qkv}
+    for r in range(args.repeats + args.warmup):
+        for k, f in qkv.items():
+            t = timed(f, None, None, dev)
+            if r >= args.warmup: qkv_times[k].append(t)
+
     # checkpoint sizes: fp32 safetensors vs the low-bit integer checkpoints
     sizes = {'fp32': len(st_save({k: v.contiguous() for k, v in fp32.state_dict().items()}))}
     tmp = ROOT/'res'/'deploy'/'.size_probe.safetensors'
@@ -152,6 +163,7 @@ def main(argv=None):
         throughput={k: dict(sequences_per_s=args.batch / med[k], tokens_per_s=ntok / med[k]) for k in med},
         warmup_s=compile_s, ratios=ratios, skipped=skipped, fidelity=fidelity,
         checkpoint_bytes=sizes, embedding_bytes_fp32=emb, int4_load=load,
+        qkv_gemm_ms={k: statistics.median(v) * 1e3 for k, v in qkv_times.items()},
         targets={f'fp32 / {best_ours} >= 2.0': ratios[f'fp32 / {best_ours}'] >= 2.0,
                  **({f'pytorch dynamic int8 / {best_ours} >= 1.0': ratios[f'pytorch dynamic int8 / {best_ours}'] >= 1.0}
                     if 'pytorch dynamic int8' in med else {})})
@@ -171,6 +183,7 @@ def main(argv=None):
     print('checkpoint MB: ' + ', '.join(f'{k} {v/1e6:.1f}' for k, v in sizes.items()) + f' (fp32 embeddings alone {emb/1e6:.1f})')
     print('int4 checkpoint: ' + '; '.join(f"{k} unpack: load {v['load_s']*1e3:.0f} ms, first forward {v['first_forward_s']*1e3:.0f} ms"
                                          for k, v in load.items()))
+    print('int8 GEMMs for Q, K, V (median ms): ' + ', '.join(f'{k} {v:.2f}' for k, v in result['qkv_gemm_ms'].items()))
     print(f'wrote {out}')
     return result
 
