@@ -1,4 +1,5 @@
-"""Property tests for tq_nb.memory: exact pack/unpack round trips for every bit width."""
+"""Property tests for tq_nb.memory: exact pack/unpack round trips for every bit width, hand-counted sizes,
+ratio 1.0 with nothing quantized, exact checkpoint round trips for every method, and clean failures on bad files."""
 import torch
 from hypothesis import given, settings, strategies as st
 from tq_nb.memory import pack_bits, unpack_bits, packed_nbytes, packed_width
@@ -49,8 +50,7 @@ import pytest
 import torch.nn.functional as F
 from torch import nn
 from tq_nb.transformer import QWeight, build_model
-from tq_nb.memory import (size_breakdown, model_size, save_packed, load_packed, checkpoint_sizes, CheckpointError,
-                          quantized_layers)
+from tq_nb.memory import (model_size, save_packed, load_packed, checkpoint_sizes, CheckpointError)
 
 
 class HandQuant(nn.Linear):
@@ -115,7 +115,6 @@ def test_nothing_quantized_has_ratio_one(kw):
 
 def _quantized(seed, bits=4, d_ff=64):
     m = build_model('tiny', n_classes=4, seed=seed, d_ff=d_ff)
-    for name, lin in list(quantized_layers(m).items()) or []: pass
     from tq_nb.transformer import replace_linears_
     replace_linears_(m, 'all|~cls.final', lambda n, lin: HandQuant(lin, bits))
     return m.eval()
@@ -168,3 +167,30 @@ def test_corruption_fails_cleanly_or_loads_exactly(ckpt, data):
         assert all(torch.equal(before[k], v) for k, v in target.state_dict().items()), 'half-loaded'
     else:  # a flip that leaves the file meaning the same (e.g. in header padding) must still load exactly
         assert torch.equal(_out(target), _out(m))
+
+
+# ---- every method of the package round-trips exactly through a packed checkpoint ----------------
+def _method_model(method, seed):
+    from tq_nb.quantize import quantize_
+    from tq_nb.binarize import binarize_
+    from tq_nb.fully_quantize import fully_quantize_, calibrate_
+    m = build_model('tiny', n_classes=4, seed=seed)
+    kind, kw = method
+    if kind == 'quantize': quantize_(m, **kw)
+    elif kind == 'binarize': binarize_(m, **kw)
+    else:
+        fully_quantize_(m, **kw)
+        calibrate_(m, [torch.randint(1, 256, (8, 16), generator=torch.Generator().manual_seed(s)) for s in range(2)])
+    return m.eval()
+
+METHODS = [('quantize', dict(bits=b, symmetric=s, per_channel=p)) for b in (2, 3, 8) for s in (True, False) for p in (True, False)]
+METHODS += [('binarize', dict(method=m, binarize_act=a)) for m in ('basic', 'scaled', 'irnet') for a in (False, True)]
+METHODS += [('fully', kw) for kw in (dict(), dict(w_bits=4, a_bits=4, per_channel=True), dict(lsq=True, attn='qkpv'))]
+
+@pytest.mark.parametrize('method', METHODS, ids=[f'{k}-{"-".join(f"{a}={b}" for a, b in kw.items())}' for k, kw in METHODS])
+def test_every_method_round_trips_exactly(method, tmp_path):
+    a = _method_model(method, 0)
+    save_packed(a, tmp_path/'m.safetensors')
+    assert checkpoint_sizes(tmp_path/'m.safetensors')['data'] == model_size(a).loc['total', 'bytes']
+    b = load_packed(_method_model(method, 1), tmp_path/'m.safetensors')
+    assert torch.equal(_out(b), _out(a))
