@@ -1,0 +1,230 @@
+"""Property and integration tests of tq_nb.learner on the synthetic task with the tiny preset (seconds each):
+the baseline learns, runs are reproducible, a latent run equals the full-precision run before its switch, and a
+run interrupted (by an exception, by Ctrl-C mid-epoch, or by SIGKILL of its process) resumes to exactly the
+numbers of a run that never stopped."""
+import os, random, signal, subprocess, sys, textwrap, time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+from tq_nb.data import get_dls
+from tq_nb.learner import (Learner, evaluate, get_device, get_rng_state, has_ir_net, init_from_checkpoint_,
+                           ir_net_schedule_, seed_everything_, set_rng_state_)
+from tq_nb.transformer import build_model, replace_linears_, select_linears
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope='module')
+def dls():
+    return get_dls('synthetic', batch_size=32, max_len=32, vocab_size=256)
+
+
+def tiny(dls, seed=0):
+    return build_model('tiny', n_classes=dls.n_classes, vocab_size=dls.vocab_size, seed=seed)
+
+
+def no_time(rows):
+    return [{k: v for k, v in r.items() if 'time' not in k} for r in rows]
+
+
+class RoundedLinear(nn.Linear):
+    "A quantized layer following tq_nb's contract: latent `.weight`, `quant_enabled` switch."
+    quant_enabled = True
+    def forward(self, x):
+        if not self.quant_enabled: return F.linear(x, self.weight, self.bias)
+        w = torch.round(self.weight / 0.2) * 0.2
+        return F.linear(x, self.weight + (w - self.weight).detach(), self.bias)
+
+
+def rounded(dls, seed=0):
+    m = tiny(dls, seed)
+    def make(name, lin):
+        new = RoundedLinear(lin.in_features, lin.out_features)
+        new.load_state_dict(lin.state_dict())
+        return new
+    replace_linears_(m, 'all', make)
+    return m
+
+
+def fit(model, dls, **kw):
+    kw = {'epochs': 4, 'lr': 3e-3, 'seed': 0, 'progress': False, **kw}
+    learn = Learner(model, dls, **kw)
+    learn.fit()
+    return learn
+
+
+@pytest.fixture(scope='module')
+def reference(dls):
+    "An uninterrupted full-precision run, the yardstick of the other tests."
+    return fit(tiny(dls), dls)
+
+
+def test_baseline_learns_synthetic_task(reference):
+    s = reference.summary()
+    assert s['best_valid_acc'] > 0.9 and s['test_acc_at_best'] > 0.9
+    assert reference.history[0]['train_acc'] < reference.history[-1]['train_acc']
+
+
+def test_same_seed_same_numbers_different_seed_different(dls, reference):
+    again = fit(tiny(dls), dls)
+    assert no_time(again.history) == no_time(reference.history)
+    other = fit(tiny(dls), dls, seed=1)
+    assert [r['train_loss'] for r in other.history] != [r['train_loss'] for r in reference.history]
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(0, 50))
+def test_rng_state_round_trip(dls, seed, n):
+    seed_everything_(seed, dls.train)
+    for _ in range(n): random.random(); np.random.rand(); torch.rand(1)
+    state = get_rng_state(dls.train)
+    draw = lambda: (random.random(), float(np.random.rand()), torch.rand(3).tolist(), next(iter(dls.train))[2].tolist())
+    first = draw()
+    set_rng_state_(state, dls.train)
+    assert draw() == first
+
+
+def test_latent_equals_fp_before_switch(dls, reference):
+    latent = fit(rounded(dls), dls, latent_epochs=2)
+    assert [r['quant'] for r in latent.history] == [False, False, True, True]
+    assert no_time(latent.history[:2]) == no_time(reference.history[:2])
+    assert latent.history[2]['train_loss'] != reference.history[2]['train_loss']
+
+
+def test_latent_with_real_quantizer(dls, reference):
+    quantize = pytest.importorskip('tq_nb.quantize')
+    m = tiny(dls)
+    quantize.quantize_(m, 'all', bits=2)
+    latent = fit(m, dls, latent_epochs=1)
+    assert no_time(latent.history[:1]) == no_time(reference.history[:1])
+    assert latent.history[1]['quant'] and not latent.history[0]['quant']
+
+
+def test_resume_after_exception_equals_uninterrupted(dls, reference, tmp_path):
+    class Stop(Exception): pass
+    learn = Learner(tiny(dls), dls, epochs=4, lr=3e-3, seed=0, progress=False, ckpt_dir=tmp_path, log_path=tmp_path/'log.csv')
+    orig = learn.before_epoch
+    def stop_at_3(epoch):
+        if epoch == 3: raise Stop()
+        orig(epoch)
+    learn.before_epoch = stop_at_3
+    with pytest.raises(Stop): learn.fit()
+    resumed = Learner(tiny(dls, seed=5), dls, epochs=4, lr=3e-3, seed=0, progress=False, ckpt_dir=tmp_path,
+                      log_path=tmp_path/'log.csv')
+    resumed.fit()
+    assert no_time(resumed.history) == no_time(reference.history)
+    assert no_time(resumed.log) == no_time(reference.log)
+    df = pd.read_csv(tmp_path/'log.csv')
+    assert len(df) == len(reference.log) + len(reference.history)
+
+
+def test_ctrl_c_mid_epoch_resumes_exactly(dls, reference, tmp_path):
+    "KeyboardInterrupt in the middle of epoch 2: the partial epoch is redone from the epoch-1 checkpoint."
+    learn = Learner(tiny(dls), dls, epochs=4, lr=3e-3, seed=0, progress=False, ckpt_dir=tmp_path)
+    calls = {'n': 0}
+    orig_step = learn.opt.step
+    def step(*a, **kw):
+        calls['n'] += 1
+        if calls['n'] == len(dls.train) + 7: raise KeyboardInterrupt
+        return orig_step(*a, **kw)
+    learn.opt.step = step
+    with pytest.raises(KeyboardInterrupt): learn.fit()
+    assert torch.load(tmp_path/'last.pt', weights_only=True)['epoch'] == 1
+    resumed = Learner(tiny(dls), dls, epochs=4, lr=3e-3, seed=0, progress=False, ckpt_dir=tmp_path)
+    resumed.fit()
+    assert no_time(resumed.history) == no_time(reference.history)
+    for a, b in zip(resumed.model.state_dict().values(), reference.model.state_dict().values()): assert torch.equal(a, b)
+
+
+CHILD = textwrap.dedent("""
+    import sys, time, torch
+    from tq_nb.data import get_dls
+    from tq_nb.learner import Learner
+    from tq_nb.transformer import build_model
+    dls = get_dls('synthetic', batch_size=32, max_len=32, vocab_size=256)
+    m = build_model('tiny', n_classes=dls.n_classes, vocab_size=dls.vocab_size, seed=0)
+    learn = Learner(m, dls, epochs=4, lr=3e-3, seed=0, progress=False, ckpt_dir=sys.argv[1])
+    orig = learn.train_epoch
+    def slow(epoch, mb=None):
+        if epoch >= 1: time.sleep(30)   # wait here to be killed
+        return orig(epoch, mb)
+    learn.train_epoch = slow
+    learn.fit()
+""")
+
+
+def test_sigkill_resumes_exactly(dls, reference, tmp_path):
+    p = subprocess.Popen([sys.executable, '-c', CHILD, str(tmp_path)], cwd=ROOT)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path/'last.pt').exists():
+            assert p.poll() is None, 'child ended early'
+            assert time.time() < deadline, 'no checkpoint after 120 s'
+            time.sleep(0.1)
+    finally:
+        p.send_signal(signal.SIGKILL); p.wait()
+    assert torch.load(tmp_path/'last.pt', weights_only=True)['epoch'] == 1
+    resumed = Learner(tiny(dls), dls, epochs=4, lr=3e-3, seed=0, progress=False, ckpt_dir=tmp_path)
+    resumed.fit()
+    assert no_time(resumed.history) == no_time(reference.history)
+
+
+def test_best_checkpoint_is_selected_epoch_and_inits_a_quantized_model(dls, tmp_path):
+    learn = fit(tiny(dls), dls, ckpt_dir=tmp_path)
+    best = torch.load(tmp_path/'best.pt', weights_only=True)
+    assert best['epoch'] == learn.summary()['best_epoch']
+    q = rounded(dls, seed=3)
+    assert init_from_checkpoint_(q, tmp_path/'best.pt') == []
+    for k, v in best['model'].items(): assert torch.equal(q.state_dict()[k], v)
+
+
+def test_resume_refuses_other_settings(dls, tmp_path):
+    fit(tiny(dls), dls, epochs=2, ckpt_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"differs in \['epochs', 'milestones'\]"):
+        Learner(tiny(dls), dls, epochs=3, lr=3e-3, progress=False, ckpt_dir=tmp_path).fit()
+
+
+def test_finished_run_fit_again_trains_nothing(dls, tmp_path):
+    learn = fit(tiny(dls), dls, epochs=2, ckpt_dir=tmp_path)
+    again = Learner(tiny(dls, seed=9), dls, epochs=2, lr=3e-3, progress=False, ckpt_dir=tmp_path)
+    again.opt.step = lambda *a, **k: pytest.fail('trained again')
+    assert again.fit() == learn.summary()
+
+
+def test_ir_net_schedule_called_per_epoch(dls):
+    binarize = pytest.importorskip('tq_nb.binarize')
+    m = tiny(dls)
+    binarize.binarize_(m, 'all|~cls.final', method='irnet')
+    assert has_ir_net(m)
+    seen = []
+    learn = Learner(m, dls, epochs=3, lr=3e-3, progress=False)
+    orig = learn.train_epoch
+    def spy(epoch, mb=None):
+        seen.append(next(x.t for x in m.modules() if getattr(x, 'method', None) == 'irnet'))
+        return orig(epoch, mb)
+    learn.train_epoch = spy
+    learn.fit()
+    assert seen == [binarize.ir_net_t(e, 3)[0] for e in range(3)]
+    assert not has_ir_net(tiny(dls)) and not ir_net_schedule_(tiny(dls), 0, 3)
+
+
+def test_bad_arguments(dls):
+    m = tiny(dls)
+    with pytest.raises(ValueError, match=r"device must be one of \['cpu'"): Learner(m, dls, device='cuda:9')
+    with pytest.raises(ValueError, match='latent_epochs must be an int in 0..3'): Learner(m, dls, epochs=4, latent_epochs=4)
+    with pytest.raises(ValueError, match='seed must be an int >= 0'): Learner(m, dls, seed=-2)
+    with pytest.raises(ValueError, match='log_every'): Learner(m, dls, log_every=0)
+    with pytest.raises(ValueError, match='device must be one of'): get_device('gpu')
+
+
+def test_evaluate_restores_mode(dls):
+    m = tiny(dls).train()
+    loss, acc = evaluate(m, dls.valid)
+    assert m.training and 0 <= acc <= 1 and loss > 0
