@@ -169,14 +169,14 @@ class InputQuant(nn.Module):
 
 class FullStandIn(StandIn):
     "Stand-in for a fully quantized layer: fake-quantized input, then the quantized weight."
-    def forward(self, x): return super().forward(self.act_quant(x))
+    def forward(self, x): return super().forward(self.act(x))
 
 
 def full_stand_in_model(scale=0.05, zero=128., a_bits=8):
     m = build_model('tiny', n_classes=4, vocab_size=50, seed=0).eval()
     def make(name, lin):
         s = FullStandIn(lin.in_features, lin.out_features)
-        s.load_state_dict(lin.state_dict()); s.bits = 4; s.act_quant = InputQuant(scale, zero, a_bits)
+        s.load_state_dict(lin.state_dict()); s.bits = 4; s.act = InputQuant(scale, zero, a_bits)
         return s
     replace_linears_(m, 'all', make)
     return m
@@ -200,3 +200,19 @@ def test_uncalibrated_is_an_error(scale):
     m = full_stand_in_model(scale=scale)
     with pytest.raises(NotConvertible, match='never calibrated'): to_int(m)
     with pytest.warns(UserWarning, match='never calibrated'): to_int(m, allow_float=True)
+
+
+@pytest.mark.parametrize('lsq', [False, True])
+def test_fully_quantized_model_static(lsq):
+    "Chapter 03's fully quantized model: never calibrated is an error; calibrated, the integer model follows it to float rounding."
+    fq = pytest.importorskip('tq_nb.fully_quantize')
+    m = build_model('tiny', n_classes=4, vocab_size=50, seed=0)
+    fq.fully_quantize_(m, 'all', w_bits=4, a_bits=8, lsq=lsq)
+    with pytest.raises(NotConvertible, match='never calibrated'): to_int(m)
+    ids = torch.randint(0, 50, (16, 20), generator=torch.Generator().manual_seed(0))
+    fq.calibrate_(m, [(ids, None)]); m.eval()
+    im = to_int(m)
+    assert all(l.act == 'static' for l in im.modules() if isinstance(l, IntLinear))
+    with torch.no_grad():
+        a, b = m(ids), im(ids)
+    assert (a - b).abs().mean() <= 1e-5 * a.abs().max() and (a.argmax(1) == b.argmax(1)).all()
