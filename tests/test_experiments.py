@@ -2,6 +2,7 @@
 every experiment builds, the runner skips finished runs, never leaves a partial result (even when its process is
 killed while writing), resumes killed runs exactly, and bad names fail with the valid values listed."""
 import json, os, signal, subprocess, sys, textwrap, time
+from unittest.mock import ANY
 from dataclasses import replace
 from pathlib import Path
 
@@ -185,6 +186,20 @@ def test_pretrained_run_trains_and_reuses_the_fp_checkpoint(done, monkeypatch):
     run_experiment(replace(get_experiment('bin_pre'), dataset='synthetic'), 0, redo=True, **kw(tmp))
     assert calls == [tmp/'ckpt/synthetic/tiny_e2/fp/seed0/best.pt']
     assert json.loads((tmp/'res/synthetic/tiny_e2/fp/seed0.json').read_text()) == fp
+
+
+def test_a_run_is_trained_by_one_process_at_a_time(done, tmp_path):
+    import socket
+    from tq_nb.experiments import RunInProgress
+    lock = tmp_path/'ckpt/synthetic/tiny_e2/fp/seed0.lock'
+    lock.parent.mkdir(parents=True)
+    lock.write_text(f'{os.getppid()} {socket.gethostname()}')   # our parent is alive: someone else's run
+    with pytest.raises(RunInProgress, match='is being trained by process'): run_experiment(FP, 0, **kw(tmp_path))
+    assert run_suite(replace(get_suite('smoke'), experiments=('fp',)), 'tiny', [0], tmp_path/'res', tmp_path/'ckpt',
+                     progress=False) == []
+    lock.write_text(f'999999999 {socket.gethostname()}')       # a dead process's lock is taken over
+    assert run_experiment(FP, 0, **kw(tmp_path))['summary'] == done[1]['summary'] | {'train_time': ANY}
+    assert not lock.exists()
 
 
 def test_unknown_names_list_valid_values(tmp_path):
