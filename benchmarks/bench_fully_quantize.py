@@ -7,31 +7,11 @@ The variants run side by side in one process, interleaved in a shuffled order in
 load hits them alike; we report the median over rounds of each round's time ratio, and the ratio of the
 best times. Usage: python benchmarks/bench_fully_quantize.py [--rounds 15] [--steps 5] [--threads N]
 """
-import argparse, copy, random, statistics, sys, time
+import argparse, copy, statistics, sys
 import torch
-import torch.nn.functional as F
+from common import bench, make_step
 from tq_nb.transformer import build_model, PRESETS
 from tq_nb.fully_quantize import fully_quantize_, calibrate_
-
-def make_step(model, ids, mask, y, lr):
-    opt = torch.optim.AdamW(model.parameters(), lr)
-    def step():
-        loss = F.cross_entropy(model(ids, mask), y)
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-    return step
-
-def bench(variants: dict, rounds: int, steps: int, seed: int = 0):
-    "Per-round seconds per step of each variant, interleaved in a shuffled order every round."
-    rng, times = random.Random(seed), {k: [] for k in variants}
-    for f in variants.values():
-        for _ in range(2): f()  # warm-up
-    for _ in range(rounds):
-        order = list(variants); rng.shuffle(order)
-        for k in order:
-            t = time.perf_counter()
-            for _ in range(steps): variants[k]()
-            times[k].append((time.perf_counter() - t) / steps)
-    return times
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
