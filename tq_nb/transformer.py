@@ -22,8 +22,8 @@ __all__ = ['PRESETS', 'PARTS', 'GROUPS', 'POST_RELU_PARTS', 'ModelConfig', 'Toke
 PRESETS = {
     'tiny':  dict(d_model=32,  n_heads=2, d_ff=64,   d_hidden=64,   n_layers=2, dropout=0.0, max_len=32,
                   vocab_size=256,   batch_size=32, epochs=4,  lr=3e-3),
-    'quick': dict(d_model=64,  n_heads=4, d_ff=128,  d_hidden=128,  n_layers=2, dropout=0.1, max_len=48,
-                  vocab_size=8000,  batch_size=64, epochs=4,  lr=1e-3),
+    'quick': dict(d_model=64,  n_heads=4, d_ff=128,  d_hidden=128,  n_layers=2, dropout=0.1, max_len=32,
+                  vocab_size=8000,  batch_size=64, epochs=3,  lr=3e-3),
     'paper': dict(d_model=512, n_heads=8, d_ff=1024, d_hidden=1024, n_layers=2, dropout=0.1, max_len=128,
                   vocab_size=30522, batch_size=32, epochs=10, lr=1e-4),
 }
