@@ -12,11 +12,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 # %% auto #0
-__all__ = ['NOUN_LEXNAMES', 'AG_NEWS_CLASSES', 'AG_NEWS_URL', 'SPECIALS', 'FASHION_MNIST_DEB', 'FASHION_MNIST_CLASSES',
-           'DATASETS', 'project_root', 'data_dir', 'atomic_write_bytes', 'DataMissingError', 'Split', 'TextSplits',
-           'split_indices', 'wordnet_places', 'find_wordnet', 'read_wordnet_glosses', 'load_wordnet',
-           'read_ag_news_csv', 'download_ag_news', 'load_ag_news', 'synthetic_text', 'train_wordpiece', 'get_tokenizer',
-           'TokenDataset', 'pad_collate', 'prepare_fashion_mnist', 'load_fashion_mnist', 'DataBundle', 'get_dls']
+__all__ = ['NOUN_LEXNAMES', 'AG_NEWS_CLASSES', 'AG_NEWS_URL', 'SPECIALS', 'SHIPPED_TOKENIZERS', 'FASHION_MNIST_DEB',
+           'FASHION_MNIST_CLASSES', 'DATASETS', 'project_root', 'data_dir', 'atomic_write_bytes', 'DataMissingError',
+           'Split', 'TextSplits', 'split_indices', 'wordnet_places', 'find_wordnet', 'read_wordnet_glosses',
+           'load_wordnet', 'read_ag_news_csv', 'download_ag_news', 'load_ag_news', 'synthetic_text', 'train_wordpiece',
+           'get_tokenizer', 'TokenDataset', 'pad_collate', 'prepare_fashion_mnist', 'load_fashion_mnist', 'DataBundle',
+           'get_dls']
 
 # %% ../nbs/00_data.ipynb #e116bba4
 def project_root() -> Path | None:
@@ -191,26 +192,38 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 
 SPECIALS = ['[PAD]', '[UNK]', '[CLS]', '[SEP]']
 
-def train_wordpiece(texts, vocab_size: int = 8000) -> Tokenizer:
-    "Train a lower-casing BERT-style WordPiece tokenizer on `texts`."
-    tok = Tokenizer(models.WordPiece(unk_token='[UNK]'))
+def _bert_style(model) -> Tokenizer:
+    "A lower-casing BERT-style tokenizer around WordPiece `model`, without its [CLS] … [SEP] template yet."
+    tok = Tokenizer(model)
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return tok
+
+def train_wordpiece(texts, vocab_size: int = 8000) -> Tokenizer:
+    "Train a lower-casing BERT-style WordPiece tokenizer on `texts`; ids in a fixed order (specials, then sorted)."
+    tok = _bert_style(models.WordPiece(unk_token='[UNK]'))
     tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
                                                               show_progress=False))
+    order = SPECIALS + sorted(t for t in tok.get_vocab() if t not in SPECIALS)
+    tok = _bert_style(models.WordPiece({t: i for i, t in enumerate(order)}, unk_token='[UNK]'))
     tok.post_processor = processors.TemplateProcessing(single='[CLS] $A [SEP]',
         special_tokens=[(t, tok.token_to_id(t)) for t in ('[CLS]', '[SEP]')])
     return tok
 
 # %% ../nbs/00_data.ipynb #1b025c3d
+from importlib.resources import files
+
+SHIPPED_TOKENIZERS = Path(str(files('tq_nb')/'tokenizers'))   # the vocabularies tq_nb's results were made with
+
 def get_tokenizer(splits: TextSplits, vocab_size: int = 8000, tokenizer_file=None) -> Tokenizer:
-    "A user's `tokenizer_file`, else the cached WordPiece tokenizer trained on `splits.train`."
+    "A user's `tokenizer_file`, else the shipped or cached WordPiece tokenizer of `splits.train`, else a new one."
     if tokenizer_file is not None:
         if not Path(tokenizer_file).is_file(): raise FileNotFoundError(f"tokenizer_file {tokenizer_file!r} does not exist")
         tok = Tokenizer.from_file(str(tokenizer_file))
     else:
         key = hashlib.sha1('\n'.join(splits.train.texts).encode()).hexdigest()[:12]
-        fn = data_dir()/'tokenizers'/f'{splits.name}-{vocab_size}-{key}.json'
+        name = f'{splits.name}-{vocab_size}-{key}.json'
+        fn = next((f for f in (SHIPPED_TOKENIZERS/name, data_dir()/'tokenizers'/name) if f.exists()), data_dir()/'tokenizers'/name)
         if fn.exists(): tok = Tokenizer.from_file(str(fn))
         else:
             tok = train_wordpiece(splits.train.texts, vocab_size)
