@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_deploy.ipynb #180093da
 from __future__ import annotations
-import copy, json, warnings
+import copy, functools, json, warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,24 +20,41 @@ from .transformer import (EncoderClassifier, ModelConfig, QWeight, replace_linea
 from .memory import pack_bits, packed_nbytes, unpack_bits
 
 # %% auto #0
-__all__ = ['ACTS', 'ACT_MODES', 'CHECKPOINT_FORMAT', 'int_mm', 'int8_weight', 'requantize_int8', 'quantize_per_token',
-           'quantize_static', 'binary_codes', 'IntLinear', 'NotConvertible', 'convert_', 'to_int', 'int_summary',
-           'save_int', 'load_int']
+__all__ = ['ACTS', 'ACT_MODES', 'CHECKPOINT_FORMAT', 'int_mm_exact', 'int_mm', 'int8_weight', 'requantize_int8',
+           'quantize_per_token', 'quantize_static', 'binary_codes', 'IntLinear', 'NotConvertible', 'convert_', 'to_int',
+           'int_summary', 'save_int', 'load_int']
 
 # %% ../nbs/08_deploy.ipynb #374b31df
-def int_mm(a: torch.Tensor, b: torch.Tensor, pad: bool | None = None) -> torch.Tensor:
-    "Exact int8 `a` (M×K) @ int8 `b` (K×N) → int32, zero-padding to the shapes `torch._int_mm` needs on CUDA."
+@functools.cache
+def int_mm_exact(device: str = 'cpu') -> bool:
+    "Whether `torch._int_mm` on `device` is exact over the whole int8 range (probed once per device)."
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (32, 256), dtype=torch.int8, generator=g)
+    b = torch.randint(-128, 128, (256, 32), dtype=torch.int8, generator=g)
+    a[0], a[1], b[:, 0] = 127, -128, -128            # the operands that overflow a 16-bit pair sum
+    return torch.equal(torch._int_mm(a.to(device), b.to(device)).cpu(), a.int() @ b.int())
+
+def _int_mm(a: torch.Tensor, b: torch.Tensor, split: bool) -> torch.Tensor:
+    "`torch._int_mm`, as two products over the halves of `b` (each in -64..64) when `split`."
+    if not split: return torch._int_mm(a, b)
+    half = b >> 1
+    return torch._int_mm(a, half) + torch._int_mm(a, b - half)
+
+def int_mm(a: torch.Tensor, b: torch.Tensor, pad: bool | None = None, split: bool | None = None) -> torch.Tensor:
+    """Exact int8 `a` (M×K) @ int8 `b` (K×N) → int32, zero-padding to the shapes `torch._int_mm` needs on CUDA,
+    and splitting `b` in two halves where the device's int8 product would saturate (`split=None`: probe it)."""
     if a.dtype != torch.int8 or b.dtype != torch.int8:
         raise ValueError(f"a and b must be int8 tensors, got {a.dtype} and {b.dtype}")
     if a.shape[1] == 1: return a.int() * b.int()  # torch._int_mm on CPU returns garbage for K = 1
     if pad is None: pad = a.device.type == 'cuda'
-    if not pad: return torch._int_mm(a, b)
+    if split is None: split = not int_mm_exact(str(a.device))
+    if not pad: return _int_mm(a, b, split)
     (M, K), N = a.shape, b.shape[1]
     pm, pk, pn = max(17 - M, 0), -K % 8, -N % 8
     if pm or pk: a = F.pad(a, (0, pk, 0, pm))
     if pk or pn:  # keep a column-major weight (a transposed view) column-major
         b = F.pad(b.t(), (0, pk, 0, pn)).t() if b.stride(0) == 1 else F.pad(b, (0, pn, 0, pk))
-    return torch._int_mm(a, b)[:M, :N]
+    return _int_mm(a, b, split)[:M, :N]
 
 # %% ../nbs/08_deploy.ipynb #c40a539d
 def _per_channel(t, n: int, what: str) -> torch.Tensor:
