@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 
 from tq_nb.experiments import write_json
-from tq_nb.report import VERDICTS, load_runs, markdown_table, missing_runs, verdict
+from tq_nb.report import VERDICTS, load_runs, markdown_table, missing_runs, suite_budget, verdict
 
 accs = st.lists(st.floats(0, 100, allow_nan=False), min_size=2, max_size=5)
 rels = st.sampled_from(['<', '>', '≈'])
@@ -34,10 +34,10 @@ def test_one_seed_has_no_spread():
 @settings(max_examples=25, deadline=None)
 @given(st.sets(st.tuples(st.sampled_from(['fp', 'w8', 'bin']), st.integers(0, 2))))
 def test_missing_runs_is_the_complement_of_load_runs(tmp_path_factory, have):
-    res = tmp_path_factory.mktemp('res')
+    res, tag = tmp_path_factory.mktemp('res'), suite_budget('main')['tag']
     for name, seed in have:
-        write_json(res/'wordnet'/'quick_e3_n20000'/name/f'seed{seed}.json',
-                   dict(experiment=name, dataset='wordnet', tag='quick_e3_n20000', seed=seed, original=None, wall_time=1.0,
+        write_json(res/'wordnet'/tag/name/f'seed{seed}.json',
+                   dict(experiment=name, dataset='wordnet', tag=tag, seed=seed, original=None, wall_time=1.0,
                         command='test', summary=dict(test_acc_at_best=0.5, test_acc_last=0.5, best_valid_acc=0.5)))
     runs = load_runs('main', res_dir=res)
     assert set(zip(runs.experiment, runs.seed)) == have
