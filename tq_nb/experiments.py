@@ -160,9 +160,9 @@ EXP3 = ('fp', 'w8a8', 'bin', 'irnet', *(f'{b}_{t}' for b in ('w8a8', 'bin', 'irn
 SUITES = {s.name: s for s in [
     Suite('main', ORIGINAL_ROWS, train_limit=40000,
           about="every row of the original study's table, at a budget for one seed on 2 CPU cores in under 45 minutes"),
-    Suite('exp1', EXP1, about='EXP1: methods (weight-only, full quantization with EMA and LSQ, binarizers)'),
-    Suite('exp2', EXP2, about='EXP2: sensitivity of each part to binarization and to 4- and 2-bit weights'),
-    Suite('exp3', EXP3, about='EXP3: init from full precision, latent quantization and its switch epoch'),
+    Suite('exp1', EXP1, train_limit=40000, about='EXP1: methods (weight-only, full quantization with EMA and LSQ, binarizers)'),
+    Suite('exp2', EXP2, train_limit=40000, about='EXP2: sensitivity of each part to binarization and to 4- and 2-bit weights'),
+    Suite('exp3', EXP3, train_limit=40000, about='EXP3: init from full precision, latent quantization and its switch epoch'),
     Suite('vision_exp1', ('fp', 'w8', 'w4', 'w2', 'w8a8', 'bin', 'irnet'), dataset='fashion_mnist', train_limit=20000,
           about='EXP1 methods on Fashion-MNIST'),
     Suite('vision_exp2', ('fp', 'bin', 'bin_mha', 'bin_ffn', 'bin_cls', 'bin_all_qk', 'bin_all_qv', 'bin_all_kv'), dataset='fashion_mnist', train_limit=20000,
