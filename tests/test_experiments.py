@@ -210,6 +210,13 @@ def test_unknown_names_list_valid_values(tmp_path):
     with pytest.raises(ValueError, match=r"device must be one of \['cpu'"): run_experiment(FP, 0, **{**kw(tmp_path), 'device': 'cuda:3'})
 
 
+def test_suite_skips_a_latent_switch_beyond_its_epochs(tmp_path, capsys):
+    from tq_nb.experiments import Suite
+    s = Suite('fits', ('w8a8_latent3',), dataset='synthetic', epochs=2)
+    assert run_suite(s, preset='tiny', seeds=[0], res_dir=tmp_path/'res', ckpt_root=tmp_path/'ckpt') == []
+    assert 'skipped, its 3 full-precision epochs leave none of the 2 to quantize' in capsys.readouterr().out
+    assert not any((tmp_path/'res').rglob('*.json'))
+
 def _cli(*args, env=None):
     return subprocess.run([str(BIN/args[0]), *args[1:]], cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, **(env or {})})

@@ -418,6 +418,10 @@ def run_suite(suite, preset: str = 'quick', seeds=None, res_dir=None, ckpt_root=
     for i, (e, seed) in enumerate(runs):
         head = f'[{i+1}/{len(runs)}] {e.name} seed {seed} ({e.dataset}, {run_tag(preset, s.epochs, s.train_limit)})'
         path = result_path(e, seed, run_tag(preset, s.epochs, s.train_limit), res_dir)
+        epochs = s.epochs or e.epochs or PRESETS[preset]['epochs']
+        if e.latent_epochs >= epochs:  # a switch after the last epoch would never quantize
+            print(f'{head}: skipped, its {e.latent_epochs} full-precision epochs leave none of the {epochs} to quantize', flush=True)
+            continue
         if path.exists() and not redo:
             results.append(run_experiment(e, seed, preset, s.epochs, s.train_limit, res_dir, ckpt_root, device, progress))
             if progress: print(f'{head}: done before, {path}', flush=True)
