@@ -16,8 +16,8 @@ __all__ = ['NOUN_LEXNAMES', 'AG_NEWS_CLASSES', 'AG_NEWS_URL', 'SPECIALS', 'SHIPP
            'FASHION_MNIST_CLASSES', 'DATASETS', 'project_root', 'data_dir', 'atomic_write_bytes', 'DataMissingError',
            'Split', 'TextSplits', 'split_indices', 'wordnet_places', 'find_wordnet', 'read_wordnet_glosses',
            'load_wordnet', 'read_ag_news_csv', 'download_ag_news', 'load_ag_news', 'synthetic_text', 'train_wordpiece',
-           'get_tokenizer', 'TokenDataset', 'pad_collate', 'prepare_fashion_mnist', 'load_fashion_mnist', 'DataBundle',
-           'get_dls']
+           'get_tokenizer', 'TokenDataset', 'pad_collate', 'prepare_fashion_mnist', 'fashion_mnist_transforms',
+           'load_fashion_mnist', 'DataBundle', 'get_dls']
 
 # %% ../nbs/00_data.ipynb #e116bba4
 def project_root() -> Path | None:
@@ -267,19 +267,29 @@ def prepare_fashion_mnist(root=None, source=FASHION_MNIST_DEB) -> Path:
         if gz.exists(): atomic_write_bytes(raw/f, gzip.decompress(gz.read_bytes()))
     return root
 
+def fashion_mnist_transforms(mean: float, std: float, augment: bool = True) -> tuple:
+    "Training and test transforms: both normalize with `mean`, `std`; the training one first shifts by up to 2 pixels and mirrors (if `augment`)."
+    from torchvision import transforms as T
+    norm = [T.ToTensor(), T.Normalize((mean,), (std,))]
+    aug = [T.RandomCrop(28, padding=2), T.RandomHorizontalFlip()] if augment else []
+    return T.Compose(aug + norm), T.Compose(norm)
+
 def load_fashion_mnist(root=None, download: bool = False, transform=None, test_transform=None,
                        valid: float = 1/12, seed: int = 0):
-    "Fashion-MNIST as torchvision datasets `(train, valid, test)`; valid carved from the training images."
-    from torchvision import datasets, transforms
+    """Fashion-MNIST as torchvision datasets `(train, valid, test)`; valid carved from the training images.
+    Default transforms: `fashion_mnist_transforms` with the training split's pixel mean and std."""
+    from torchvision import datasets
     root = prepare_fashion_mnist(root)
     if not all((root/'FashionMNIST'/'raw'/f).exists() for f in _FMNIST_FILES) and not download:
         raise DataMissingError('fashion_mnist', [FASHION_MNIST_DEB, root/'FashionMNIST'/'raw'],
                                'apt-get install dataset-fashion-mnist  (or download=True when online)')
-    test_transform = test_transform or transforms.ToTensor()
     full = datasets.FashionMNIST(root, train=True, download=download)
     tr, va, _ = split_indices(len(full), valid=valid, test=0, seed=seed)
+    pixels = full.data[torch.as_tensor(tr)].float() / 255
+    train_tfm, test_tfm = fashion_mnist_transforms(pixels.mean().item(), pixels.std().item())
+    transform, test_transform = transform or train_tfm, test_transform or test_tfm
     mk = lambda tfm, idx: torch.utils.data.Subset(datasets.FashionMNIST(root, train=True, transform=tfm), idx)
-    return (mk(transform or test_transform, tr), mk(test_transform, va),
+    return (mk(transform, tr), mk(test_transform, va),
             datasets.FashionMNIST(root, train=False, transform=test_transform))
 
 # %% ../nbs/00_data.ipynb #84f0806b
