@@ -34,7 +34,7 @@ def int_mm_exact(device: str = 'cpu') -> bool:
     a[0], a[1], b[:, 0] = 127, -128, -128            # the operands that overflow a 16-bit pair sum
     return torch.equal(torch._int_mm(a.to(device), b.to(device)).cpu(), a.int() @ b.int())
 
-def _int_mm(a: torch.Tensor, b: torch.Tensor, split: bool) -> torch.Tensor:
+def _split_mm(a: torch.Tensor, b: torch.Tensor, split: bool) -> torch.Tensor:
     "`torch._int_mm`, as two products over the halves of `b` (each in -64..64) when `split`."
     if not split: return torch._int_mm(a, b)
     half = b >> 1
@@ -48,13 +48,13 @@ def int_mm(a: torch.Tensor, b: torch.Tensor, pad: bool | None = None, split: boo
     if a.shape[1] == 1: return a.int() * b.int()  # torch._int_mm on CPU returns garbage for K = 1
     if pad is None: pad = a.device.type == 'cuda'
     if split is None: split = not int_mm_exact(str(a.device))
-    if not pad: return _int_mm(a, b, split)
+    if not pad: return _split_mm(a, b, split)
     (M, K), N = a.shape, b.shape[1]
     pm, pk, pn = max(17 - M, 0), -K % 8, -N % 8
     if pm or pk: a = F.pad(a, (0, pk, 0, pm))
     if pk or pn:  # keep a column-major weight (a transposed view) column-major
         b = F.pad(b.t(), (0, pk, 0, pn)).t() if b.stride(0) == 1 else F.pad(b, (0, pn, 0, pk))
-    return _int_mm(a, b, split)[:M, :N]
+    return _split_mm(a, b, split)[:M, :N]
 
 # %% ../nbs/08_deploy.ipynb #c40a539d
 def _per_channel(t, n: int, what: str) -> torch.Tensor:
