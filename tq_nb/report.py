@@ -213,8 +213,8 @@ def curves_figure(runs: pd.DataFrame, experiments, title: str = '', batch_size: 
     plot_lines(epoch_history(runs), 'epoch', 'valid_acc', experiments, ax2, scale=100, marker='o')
     ax2.set(xlabel='epoch', ylabel='validation accuracy (%)', title='validation accuracy after each epoch')
     ax2.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    if ax2.get_legend(): ax2.get_legend().remove()
-    if ax1.get_legend(): ax1.legend(title='experiment (band: ±1 std over seeds)', fontsize='small')
+    if ax1.get_legend(): ax1.get_legend().remove()   # one legend, outside the panels, so it hides no line
+    if ax2.get_legend(): ax2.legend(title='experiment\n(band: ±1 std over seeds)', fontsize='small', loc='upper left', bbox_to_anchor=(1.02, 1))
     if title: fig.suptitle(title)
     fig.tight_layout()
     return fig
