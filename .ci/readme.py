@@ -1,7 +1,8 @@
 """Write README.md from nbs/index.ipynb (nbdev_readme needs Quarto, which is not always available).
 
 Markdown cells are copied; code cells that are not `#| hide` are shown with their text, markdown or
-HTML outputs; nbdev directives are dropped.
+HTML outputs; nbdev directives are dropped. Links to chapters (`[x](01_name.ipynb)`) point into `nbs/`, where
+the notebooks are, since README.md sits at the top of the repository.
 """
 import json, re
 from pathlib import Path
@@ -24,6 +25,7 @@ for cell in nb['cells']:
         elif 'text/markdown' in data: out.append(''.join(data['text/markdown']).strip())
         elif 'text/html' in data: out.append(''.join(data['text/html']).strip())
         elif 'text/plain' in data: out.append('```\n' + ''.join(data['text/plain']).rstrip() + '\n```')
-text = '<!-- generated from nbs/index.ipynb by .ci/readme.py: edit the notebook, not this file -->\n\n' + '\n\n'.join(out) + '\n'
+text = re.sub(r'\]\((\w+\.ipynb)(#[^)]*)?\)', r'](nbs/\1\2)', '\n\n'.join(out))
+text = '<!-- generated from nbs/index.ipynb by .ci/readme.py: edit the notebook, not this file -->\n\n' + text + '\n'
 (root/'README.md').write_text(text)
 print(f'README.md written ({len(text)} characters)')
