@@ -21,8 +21,9 @@ test: setup
 docs: setup
 	$(BIN)/python .ci/build_docs.py
 
+## export: notebooks -> library, clean notebooks, README.md from nbs/index.ipynb (nbdev_readme needs Quarto)
 export:
-	$(BIN)/nbdev_export && $(BIN)/nbdev_clean && $(BIN)/nbdev_readme
+	$(BIN)/nbdev_export && $(BIN)/nbdev_clean && $(BIN)/python .ci/readme.py
 
 bench: setup
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
