@@ -114,13 +114,13 @@ class LSQFakeQuant(torch.autograd.Function):
 
 # %% ../nbs/03_fully_quantize.ipynb #dde43a65
 class LSQQuantizer(nn.Module):
-    "Learned step size quantization (LSQ): the step `scale` is a parameter whose gradient is scaled by 1/sqrt(N*Qp)."
+    "Learned step size quantization (LSQ): the step `scale` is learned (as its log) with its gradient scaled by 1/sqrt(N*Qp)."
     def __init__(self, bits: int = 8, signed: bool = True, mu: float | None = 0.9):
         super().__init__()
         self.bits, self.signed = check_bits(bits, 2, 8), signed
         self.qmin, self.qmax = qrange(self.bits, symmetric=signed)
         self.zp = float(2**(self.bits - 1)) if signed else 0.
-        self.step = nn.Parameter(torch.tensor(1.))
+        self.log_step = nn.Parameter(torch.tensor(0.))   # the step is learned as its logarithm: s = exp(log_step)
         self.range = None if mu is None else EMARange(mu, signed)
         self.register_buffer('initialized', torch.tensor(False))
         self._ready = False
@@ -131,22 +131,24 @@ class LSQQuantizer(nn.Module):
         self._ready = bool(self.initialized)
 
     @property
-    def scale(self) -> torch.Tensor: return self.step.detach().clamp_min(1e-8)
+    def step(self) -> torch.Tensor: return self.log_step.exp()
     @property
-    def zero_point(self) -> torch.Tensor: return torch.tensor(self.zp, device=self.step.device)
+    def scale(self) -> torch.Tensor: return self.log_step.detach().exp()
+    @property
+    def zero_point(self) -> torch.Tensor: return torch.tensor(self.zp, device=self.log_step.device)
 
     @torch.no_grad()
     def reset_step_(self, lo=None, hi=None):
         "Set the step to what the measured range `[lo, hi]` (default: the observed one) would give."
         if lo is None: lo, hi = self.range.lo, self.range.hi
         s, _ = range_qparams(lo, hi, self.bits, symmetric=self.signed)
-        self.step.copy_(s.clamp_min(1e-8))
+        self.log_step.copy_(s.clamp_min(1e-8).log())
         self.initialized.fill_(True); self._ready = True
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         "`x` fake-quantized with the current step (nothing observed)."
         g = 1 / math.sqrt(x.numel() * (self.qmax - self.zp))
-        return LSQFakeQuant.apply(x, self.step.clamp_min(1e-8), self.zp, self.qmin, self.qmax, g)
+        return LSQFakeQuant.apply(x, self.step, self.zp, self.qmin, self.qmax, g)
 
     def forward(self, x):
         _check_batch(x, type(self).__name__)
@@ -158,7 +160,7 @@ class LSQQuantizer(nn.Module):
         return self.quantize(x) if self.quant_enabled else x
 
     def extra_repr(self):
-        return (f"bits={self.bits}, {'signed' if self.signed else 'unsigned'}, step={self.step.item():.4g}"
+        return (f"bits={self.bits}, {'signed' if self.signed else 'unsigned'}, step={self.scale.item():.4g}"
                 + ('' if self.quant_enabled else ', quant_enabled=False'))
 
 def make_act_quantizer(bits: int = 8, signed: bool = True, lsq: bool = False, mu: float = 0.9) -> nn.Module:
