@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Subset
 
 import tq_nb
 from .data import DATASETS, atomic_write_bytes, data_dir, get_dls, project_root
-from .learner import Learner, default_milestones, get_device, init_from_checkpoint_, to_device
+from .learner import Learner, default_milestones, get_device, init_from_checkpoint_, select_best, to_device
 from .transformer import PRESETS, build_model
 
 # %% auto #0
@@ -445,7 +445,11 @@ def load_results(res_dir=None) -> pd.DataFrame:
     rows = []
     for p in sorted(Path(res_dir or default_res_dir()).rglob('seed*.json')):
         r = json.loads(p.read_text())
-        rows.append(dict(dataset=r['dataset'], tag=r['tag'], experiment=r['experiment'], seed=r['seed'], **r['summary'],
+        summary = dict(r['summary'])
+        if r.get('history'):  # selection by the learner's rule, also for runs saved before the rule changed
+            b = select_best(r['history'])
+            summary.update(best_epoch=b['epoch'], best_valid_acc=b['valid_acc'], test_acc_at_best=b['test_acc'])
+        rows.append(dict(dataset=r['dataset'], tag=r['tag'], experiment=r['experiment'], seed=r['seed'], **summary,
                          original=r.get('original'), wall_time=r['wall_time'], path=str(p)))
     return pd.DataFrame(rows)
 

@@ -22,7 +22,7 @@ from .transformer import set_quant_
 # %% auto #0
 __all__ = ['available_devices', 'get_device', 'seed_everything_', 'get_rng_state', 'set_rng_state_', 'to_device', 'evaluate',
            'has_ir_net', 'ir_net_schedule_', 'load_state', 'init_from_checkpoint_', 'default_milestones', 'Learner',
-           'bars_visible', 'quant_active', 'save_atomic']
+           'bars_visible', 'quant_active', 'select_best', 'save_atomic']
 
 # %% ../nbs/06_learner.ipynb #916a751e
 def available_devices() -> list:
@@ -225,11 +225,16 @@ def write_log(self: Learner):
     "Rewrite the CSV log at `log_path` (atomically), if there is one."
     if self.log_path is not None: atomic_write_bytes(self.log_path, self.log_frame().to_csv(index=False).encode())
 
+def select_best(history: list) -> dict:
+    "The epoch row with the highest validation accuracy (the first, on ties) among those run in the last row's quantization state."
+    if not history: raise ValueError("no epoch has been trained yet")
+    final = history[-1].get('quant', False)
+    return max((r for r in history if r.get('quant', False) == final), key=lambda r: (r['valid_acc'], -r['epoch']))
+
 @patch
 def best_epoch(self: Learner) -> dict:
-    "The history row of the epoch with the highest validation accuracy (the first, on ties)."
-    if not self.history: raise ValueError("no epoch has been trained yet")
-    return max(self.history, key=lambda r: (r['valid_acc'], -r['epoch']))
+    "The history row of the selected epoch (see `select_best`)."
+    return select_best(self.history)
 
 @patch
 def summary(self: Learner) -> dict:
@@ -293,11 +298,11 @@ def fit(self: Learner, resume: bool = True) -> dict:
         (valid_loss, valid_acc), (test_loss, test_acc) = (evaluate(self.model, dl, self.device) for dl in (self.dls.valid, self.dls.test))
         self.sched.step()
         self.elapsed += time.time() - t0
-        best = not self.history or valid_acc > self.best_epoch()['valid_acc']
         self.history.append(dict(epoch=epoch + 1, step=self.step, train_loss=train_loss, train_acc=train_acc,
                                  valid_loss=valid_loss, valid_acc=valid_acc, test_loss=test_loss, test_acc=test_acc,
                                  lr=lr, quant=quant_active(self.model), epoch_time=time.time() - t0, time=self.elapsed))
         self.epoch = epoch + 1
+        best = self.best_epoch()['epoch'] == self.epoch
         self.write_log()
         self.save_checkpoint(best)
         if self.progress: self._report_epoch(mb)
