@@ -25,6 +25,7 @@ __all__ = ['ACTS', 'ACT_MODES', 'CHECKPOINT_FORMAT', 'int_mm_exact', 'int_mm', '
            'int_summary', 'save_int', 'load_int']
 
 # %% ../nbs/08_deploy.ipynb #374b31df
+@torch.compiler.disable   # a probe, run eagerly even when called from compiled code
 @functools.cache
 def int_mm_exact(device: str = 'cpu') -> bool:
     "Whether `torch._int_mm` on `device` is exact over the whole int8 range (probed once per device)."
@@ -158,6 +159,7 @@ class IntLinear(nn.Module):
             b = b + s * (2**(self.act_bits - 1) - self.act_zero) * W.sum(1, dtype=torch.int32)
         if self.act == 'dynamic': self.zero_fold = -s * W.sum(1, dtype=torch.int32)   # times s_x·z per token
         self.w_int8, self.gemm_scale, self.gemm_bias = W, s, b
+        self.split = not int_mm_exact(str(W.device))   # decided once, so forward never probes
         return self
 
     def forward(self, x):
@@ -165,12 +167,12 @@ class IntLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         if self.act == 'dynamic':
             q, s, z = quantize_per_token(x2)
-            y = torch.addcmul(self.gemm_bias, torch.mul(int_mm(q, self.w_int8.t()), s), self.gemm_scale)
+            y = torch.addcmul(self.gemm_bias, torch.mul(int_mm(q, self.w_int8.t(), split=self.split), s), self.gemm_scale)
             y.addcmul_(s * z, self.zero_fold)
         else:
             q = (quantize_static(x2, self.act_scale, self.act_zero, self.act_bits, self.act_qmin) if self.act == 'static'
                  else binary_codes(x2, post_relu=self.act == 'step'))
-            y = torch.mul(int_mm(q, self.w_int8.t()), self.gemm_scale).add_(self.gemm_bias)
+            y = torch.mul(int_mm(q, self.w_int8.t(), split=self.split), self.gemm_scale).add_(self.gemm_bias)
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self):
