@@ -223,7 +223,7 @@ def get_tokenizer(splits: TextSplits, vocab_size: int = 8000, tokenizer_file=Non
     else:
         key = hashlib.sha1('\n'.join(splits.train.texts).encode()).hexdigest()[:12]
         name = f'{splits.name}-{vocab_size}-{key}.json'
-        fn = next((f for f in (SHIPPED_TOKENIZERS/name, data_dir()/'tokenizers'/name) if f.exists()), data_dir()/'tokenizers'/name)
+        fn = SHIPPED_TOKENIZERS/name if (SHIPPED_TOKENIZERS/name).exists() else data_dir()/'tokenizers'/name
         if fn.exists(): tok = Tokenizer.from_file(str(fn))
         else:
             tok = train_wordpiece(splits.train.texts, vocab_size)
