@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup main test test-fast docs export clean-nbs bench
+.PHONY: setup main test test-explore docs export bench
 
 setup:
 	bash .ci/setup --browser
@@ -16,6 +16,10 @@ main: setup
 test: setup
 	$(BIN)/python tests/check_export.py
 	$(BIN)/python -m pytest -q tests
+
+## test-explore: the property tests with fresh random examples (the gate above is derandomized, so reproducible)
+test-explore: setup
+	TQ_NB_EXPLORE=1 $(BIN)/python -m pytest -q tests --ignore=tests/test_notebooks.py --ignore=tests/test_docs.py
 
 ## docs: build the static documentation site into _docs/ (offline; Quarto users can run nbdev_docs)
 docs: setup

@@ -1,7 +1,9 @@
-"""Shared pytest set-up. Under CI (CI=true) hypothesis runs derandomized, so a submission's result does not
-depend on which examples one run happened to draw; locally it keeps exploring new examples."""
+"""Shared pytest set-up. The test gate (`make test`, CI) runs hypothesis derandomized, so a result does not
+depend on which examples one run happened to draw: a failure reproduces on every machine. To hunt for new
+counterexamples, set TQ_NB_EXPLORE=1 (`make test-explore`): hypothesis then draws fresh examples each run."""
 import os
 from hypothesis import settings
 
-settings.register_profile('ci', derandomize=True, deadline=None, print_blob=True)
-if os.environ.get('CI', '').lower() in ('1', 'true', 'yes'): settings.load_profile('ci')
+settings.register_profile('gate', derandomize=True, deadline=None, print_blob=True)
+settings.register_profile('explore', derandomize=False, deadline=None, print_blob=True)
+settings.load_profile('explore' if os.environ.get('TQ_NB_EXPLORE', '').lower() in ('1', 'true', 'yes') else 'gate')

@@ -154,7 +154,10 @@ def test_irnet_fused_backward_matches_autograd(w, t):
     g1, = torch.autograd.grad(IRNetSign.apply(w, t, k), w, up)
     wh, s, _ = libra_pb(w)
     g2, = torch.autograd.grad(SignEDE.apply(wh, t, k) * s.detach(), w, up)
-    assert torch.allclose(g1, g2, rtol=1e-6, atol=1e-9 * float(g2.abs().max()) + 1e-12)
+    # Both sides sum terms as large as |up|·k·t·s/std that cancel (exactly, for a 2-wide row, whose
+    # standardization is always ±1), so rounding error scales with that term size, not with the result.
+    term = float(up.abs().max()) * k * t * float(s.max()) / float(std0.min())
+    assert torch.allclose(g1, g2, rtol=1e-6, atol=1e-12 * term * w.shape[1])
 
 
 @settings(**SETTINGS)
