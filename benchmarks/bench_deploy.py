@@ -2,8 +2,10 @@
 dynamic int8 quantization (`torch.ao.quantization.quantize_dynamic`), measured side by side in one run.
 
 Every variant runs once per round, in a rotating order, for `--repeats` rounds after a warm-up; we report the
-median (and the minimum) per variant and the ratios of medians. The CPU may be shared, so the thread count is
-fixed and the conditions (load, CPU pressure) are recorded before and after. Also records the size of the
+median (and the minimum) per variant, the ratios of medians, and the ratios paired round by round (median,
+quartiles, and in how many rounds ours was the faster), which a burst of load during the run disturbs less.
+The CPU may be shared, so the thread count is fixed and the conditions (load, CPU pressure) are recorded
+before and after. Also records the size of the
 fp32 and of the low-bit checkpoints, and how closely each int8 variant follows fp32 and the fake-quantized model.
 
     .venv/bin/python benchmarks/bench_deploy.py                   # CPU, 1 thread, writes res/deploy/bench_cpu.json
@@ -33,7 +35,7 @@ def parse_args(argv=None):
     p.add_argument('--threads', type=int, default=1, help='torch CPU threads (fixed, so runs compare)')
     p.add_argument('--batch', type=int, default=32)
     p.add_argument('--seq', type=int, default=64)
-    p.add_argument('--repeats', type=int, default=15, help='timed rounds (each runs every variant once)')
+    p.add_argument('--repeats', type=int, default=50, help='timed rounds (each runs every variant once)')
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--no-compile', action='store_true', help='skip the torch.compile variants')
     p.add_argument('--out', default=None, help='result JSON (default res/deploy/bench_<device>.json)')
@@ -128,6 +130,26 @@ def main(argv=None):
             t = timed(f, None, None, dev)
             if r >= args.warmup: qkv_times[k].append(t)
 
+    # one layer alone, where the time goes: the bare int8 product, our compiled layer around it (quantize the
+    # input per token, rescale the output), and PyTorch's dynamic int8 layer (fbgemm does all three in one call)
+    layer_times, mods = {}, dict(ours.named_modules())
+    if not args.no_compile and dev == 'cpu':
+        for name in ('layers.0.mha.q', 'layers.0.ffn.w1', 'layers.0.ffn.w2'):
+            il = mods[name]
+            xin = torch.randn(args.batch * args.seq, il.in_features, generator=g)
+            a8 = torch.randint(-128, 128, xin.shape, generator=g, dtype=torch.int8)
+            dyn_lin = torch.ao.quantization.quantize_dynamic(nn.Sequential(dict(fp32.named_modules())[name]), {nn.Linear}, dtype=torch.qint8)
+            fs = {'int_mm alone': lambda *_, il=il, a8=a8: int_mm(a8, il.w_int8.t(), split=il.split),
+                  'ours compiled': lambda *_, f=torch.compile(il), xin=xin: f(xin),
+                  'pytorch dynamic int8': lambda *_, f=dyn_lin, xin=xin: f(xin)}
+            ts = {k: [] for k in fs}
+            with torch.inference_mode():
+                for r in range(args.repeats + args.warmup):
+                    for k, f in fs.items():
+                        t = timed(f, None, None, dev)
+                        if r >= args.warmup: ts[k].append(t)
+            layer_times[f'{name} ({il.in_features}->{il.out_features})'] = {k: statistics.median(v) * 1e3 for k, v in ts.items()}
+
     # checkpoint sizes: fp32 safetensors vs the low-bit integer checkpoints
     sizes = {'fp32': len(st_save({k: v.contiguous() for k, v in fp32.state_dict().items()}))}
     tmp = ROOT/'res'/'deploy'/'.size_probe.safetensors'
@@ -151,6 +173,13 @@ def main(argv=None):
     if 'pytorch dynamic int8' in med:
         ratios[f'pytorch dynamic int8 / {best_ours}'] = med['pytorch dynamic int8'] / med[best_ours]
         ratios['pytorch dynamic int8 / ours int8 (eager)'] = med['pytorch dynamic int8'] / med['ours int8']
+    # paired per round: both variants ran in the same round, so a burst of load on the shared CPU hits both
+    def paired(num, den):
+        r = sorted(a / b for a, b in zip(times[num], times[den]))
+        q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
+        return dict(median=q[1], q1=q[0], q3=q[2], faster_rounds=sum(x > 1 for x in r), rounds=len(r))
+    paired_ratios = {f'fp32 / {best_ours}': paired('fp32', best_ours)}
+    if 'pytorch dynamic int8' in med: paired_ratios[f'pytorch dynamic int8 / {best_ours}'] = paired('pytorch dynamic int8', best_ours)
     ntok = args.batch * args.seq
     result = dict(
         command=' '.join([shlex.quote(Path(sys.executable).relative_to(ROOT).as_posix() if Path(sys.executable).is_relative_to(ROOT) else sys.executable),
@@ -161,8 +190,9 @@ def main(argv=None):
         conditions=dict(before=before, after=conditions()),
         latency_ms={k: dict(median=med[k] * 1e3, min=min(v) * 1e3, all=[t * 1e3 for t in v]) for k, v in times.items()},
         throughput={k: dict(sequences_per_s=args.batch / med[k], tokens_per_s=ntok / med[k]) for k in med},
-        warmup_s=compile_s, ratios=ratios, skipped=skipped, fidelity=fidelity,
+        warmup_s=compile_s, ratios=ratios, paired_ratios=paired_ratios, skipped=skipped, fidelity=fidelity,
         checkpoint_bytes=sizes, embedding_bytes_fp32=emb, int4_load=load,
+        layer_ms=layer_times,
         qkv_gemm_ms={k: dict(median=statistics.median(v) * 1e3, min=min(v) * 1e3) for k, v in qkv_times.items()},
         targets={f'fp32 / {best_ours} >= 2.0': ratios[f'fp32 / {best_ours}'] >= 2.0,
                  **({f'pytorch dynamic int8 / {best_ours} >= 1.0': ratios[f'pytorch dynamic int8 / {best_ours}'] >= 1.0}
@@ -179,12 +209,16 @@ def main(argv=None):
               f"{fidelity[k]['agree_vs_fp32']:>11.1%}{fidelity[k]['agree_vs_fake_quant']:>11.1%}")
     for k, v in skipped.items(): print(f'{k}: skipped ({v})')
     for k, v in ratios.items(): print(f'{k}: {v:.2f}x')
+    for k, v in paired_ratios.items():
+        print(f"{k}, per round: median {v['median']:.2f}x (quartiles {v['q1']:.2f}-{v['q3']:.2f}), "
+              f"{v['faster_rounds']} of {v['rounds']} rounds faster")
     for k, v in result['targets'].items(): print(f"target {k}: {'met' if v else 'NOT met'}")
     print('checkpoint MB: ' + ', '.join(f'{k} {v/1e6:.1f}' for k, v in sizes.items()) + f' (fp32 embeddings alone {emb/1e6:.1f})')
     print('int4 checkpoint: ' + '; '.join(f"{k} unpack: load {v['load_s']*1e3:.0f} ms, first forward {v['first_forward_s']*1e3:.0f} ms"
                                          for k, v in load.items()))
     print('int8 GEMMs for Q, K, V (median / fastest ms): ' + ', '.join(f"{k} {v['median']:.2f} / {v['min']:.2f}"
                                                                    for k, v in result['qkv_gemm_ms'].items()))
+    for k, v in layer_times.items(): print(f'one layer, {k}, median ms: ' + ', '.join(f'{n} {t:.2f}' for n, t in v.items()))
     print(f'wrote {out}')
     return result
 
