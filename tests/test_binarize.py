@@ -156,7 +156,7 @@ def test_irnet_fused_backward_matches_autograd(w, t):
     g2, = torch.autograd.grad(SignEDE.apply(wh, t, k) * s.detach(), w, up)
     # Both sides sum terms as large as |up|·k·t·s/std that cancel (exactly, for a 2-wide row, whose
     # standardization is always ±1), so rounding error scales with that term size, not with the result.
-    term = float(up.abs().max()) * k * t * float(s.max()) / float(std0.min())
+    term = float(up.abs().max()) * k * t * float(s.detach().max()) / float(std0.min())
     assert torch.allclose(g1, g2, rtol=1e-6, atol=1e-12 * term * w.shape[1])
 
 

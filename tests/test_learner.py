@@ -125,6 +125,8 @@ def test_resume_after_exception_equals_uninterrupted(dls, reference, tmp_path):
     assert len(df) == len(reference.log) + len(reference.history)
 
 
+# the test wraps opt.step to interrupt it, which the LR scheduler notices and warns about
+@pytest.mark.filterwarnings('ignore:Seems like `optimizer.step\\(\\)` has been overridden')
 def test_ctrl_c_mid_epoch_resumes_exactly(dls, reference, tmp_path):
     "KeyboardInterrupt in the middle of epoch 2: the partial epoch is redone from the epoch-1 checkpoint."
     learn = Learner(tiny(dls), dls, epochs=4, lr=3e-3, seed=0, progress=False, ckpt_dir=tmp_path)
