@@ -216,3 +216,17 @@ def test_fully_quantized_model_static(lsq):
     with torch.no_grad():
         a, b = m(ids), im(ids)
     assert (a - b).abs().mean() <= 1e-5 * a.abs().max() and (a.argmax(1) == b.argmax(1)).all()
+
+
+def test_moving_decides_the_split_again():
+    "Whether the product is split is a property of the device: moving the layer decides it again."
+    from tq_nb.deploy import int_mm_exact
+    lin = IntLinear.from_qweight(codes_qweight(6, 10, 8, 128, 0))
+    lin.split = not lin.split            # as if unpacked on a device of the other kind
+    lin.to('cpu')
+    assert lin.split == (not int_mm_exact('cpu'))
+    x = torch.randn(3, 10)
+    lin.split = True                    # the split product is exact on any device: same output
+    y_split = lin(x)
+    lin.split = False
+    if int_mm_exact('cpu'): assert torch.equal(lin(x), y_split)

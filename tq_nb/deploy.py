@@ -162,6 +162,12 @@ class IntLinear(nn.Module):
         self.split = not int_mm_exact(str(W.device))   # decided once, so forward never probes
         return self
 
+    def _apply(self, fn, *args, **kwargs):
+        "Moving the layer (`.to`, `.cuda`, `.cpu`) decides again whether its product must be split on the new device."
+        super()._apply(fn, *args, **kwargs)
+        if self.w_int8 is not None: self.split = not int_mm_exact(str(self.w_int8.device))
+        return self
+
     def forward(self, x):
         if self.w_int8 is None: self.unpack_()
         x2 = x.reshape(-1, self.in_features)
