@@ -5,8 +5,9 @@ Every variant runs once per round, in a rotating order, for `--repeats` rounds a
 median (and the minimum) per variant, the ratios of medians, and the ratios paired round by round (median,
 quartiles, and in how many rounds ours was the faster), which a burst of load during the run disturbs less.
 The CPU may be shared, so the thread count is fixed and the conditions (load, CPU pressure) are recorded
-before and after. Also records the size of the
-fp32 and of the low-bit checkpoints, and how closely each int8 variant follows fp32 and the fake-quantized model.
+before and after. Also records single-layer timings (the bare int8 product, our compiled layer, PyTorch's
+dynamic layer), the size of the fp32 and of the low-bit checkpoints, and how closely each int8 variant
+follows fp32 and the fake-quantized model.
 
     .venv/bin/python benchmarks/bench_deploy.py                   # CPU, 1 thread, writes res/deploy/bench_cpu.json
     .venv/bin/python benchmarks/bench_deploy.py --device cuda     # the same on a GPU (no PyTorch dynamic int8 there)
