@@ -349,6 +349,10 @@ def _train(e, seed, preset, epochs, train_limit, ckpt_dir, device, progress, dls
     resumed = (ckpt_dir/'last.pt').exists()
     return learn, learn.fit(), resumed
 
+def _run_epochs(e, preset: str, epochs: int | None = None) -> int:
+    "How many epochs a run of `e` at `preset` trains: `epochs` if given, else the experiment's, else the preset's."
+    return epochs or e.epochs or PRESETS[preset]['epochs']
+
 def run_experiment(e, seed: int = 0, preset: str | None = None, epochs: int | None = None, train_limit: int | None = None,
                    res_dir=None, ckpt_root=None, device='cpu', progress: bool = True, redo: bool = False,
                    command: str | None = None, dls=None) -> dict:
@@ -356,7 +360,7 @@ def run_experiment(e, seed: int = 0, preset: str | None = None, epochs: int | No
     e = get_experiment(e) if isinstance(e, str) else check_experiment(e)
     preset = preset or e.preset or 'quick'
     tag = run_tag(preset, epochs, train_limit)
-    epochs = epochs or e.epochs or PRESETS[preset]['epochs']
+    epochs = _run_epochs(e, preset, epochs)
     if e.latent_epochs >= epochs: raise ValueError(f"experiment {e.name!r}: latent_epochs ({e.latent_epochs}) must be < epochs ({epochs})")
     if not (isinstance(seed, int) and seed >= 0): raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     dev = get_device(device)
@@ -415,10 +419,11 @@ def run_suite(suite, preset: str = 'quick', seeds=None, res_dir=None, ckpt_root=
     exps = suite_experiments(s)
     runs = [(e, seed) for e in exps for seed in (seeds if seeds is not None else e.seeds)]
     data, results, t0 = {}, [], time.time()
+    tag = run_tag(preset, s.epochs, s.train_limit)
     for i, (e, seed) in enumerate(runs):
-        head = f'[{i+1}/{len(runs)}] {e.name} seed {seed} ({e.dataset}, {run_tag(preset, s.epochs, s.train_limit)})'
-        path = result_path(e, seed, run_tag(preset, s.epochs, s.train_limit), res_dir)
-        epochs = s.epochs or e.epochs or PRESETS[preset]['epochs']
+        head = f'[{i+1}/{len(runs)}] {e.name} seed {seed} ({e.dataset}, {tag})'
+        path = result_path(e, seed, tag, res_dir)
+        epochs = _run_epochs(e, preset, s.epochs)
         if e.latent_epochs >= epochs:  # a switch after the last epoch would never quantize
             print(f'{head}: skipped, its {e.latent_epochs} full-precision epochs leave none of the {epochs} to quantize', flush=True)
             continue
