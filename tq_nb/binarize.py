@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from torch import nn
 
-from .transformer import POST_RELU_PARTS, QWeight, part_name, replace_linears_
+from .transformer import POST_RELU_PARTS, QWeight, QuantizedLinear, part_name, replace_linears_
 
 # %% auto #0
 __all__ = ['METHODS', 'PATTERNS', 'sign', 'ede_grad', 'SignSTE', 'SignEDE', 'ir_net_t', 'libra_pb', 'IRNetSign', 'binary_sign',
@@ -100,7 +100,7 @@ def binary_sign(x: torch.Tensor, method: str = 'basic', t: float = 1.0, k: float
     return SignEDE.apply(x, t, k) if method == 'irnet' else SignSTE.apply(x)
 
 # %% ../nbs/04_binarize.ipynb #5fe1fb79
-class BinaryLinear(nn.Linear):
+class BinaryLinear(QuantizedLinear):
     "An `nn.Linear` whose weight (and optionally input) is binarized while `quant_enabled`; `.weight` stays latent FP."
     def __init__(self, in_features: int, out_features: int, bias: bool = True, method: str = 'basic',
                  binarize_act: bool = False, post_relu: bool = False, device=None, dtype=None):

@@ -213,6 +213,10 @@ class FullQuantLinear(QuantLinear):
 
     def forward(self, x): return F.linear(self.act(x), self.quantized_weight(), self.bias)
 
+    def input_quantizer(self) -> nn.Module:
+        "The quantizer of this layer's input (`act`)."
+        return self.act
+
     def extra_repr(self): return f"{super().extra_repr()}, a_bits={self.a_bits}" + (', lsq=True' if self.lsq else '')
 
 # %% ../nbs/03_fully_quantize.ipynb #454b06f9

@@ -11,7 +11,7 @@ from fastcore.basics import patch
 import torch.nn.functional as F
 from torch import nn
 
-from .transformer import QWeight, replace_linears_
+from .transformer import QWeight, QuantizedLinear, replace_linears_
 
 # %% auto #0
 __all__ = ['ROUNDINGS', 'check_bits', 'qrange', 'range_qparams', 'check_finite', 'qparams', 'FakeQuantSTE', 'fake_quant',
@@ -113,7 +113,7 @@ def check_weight_settings(bits, symmetric, per_channel, rounding) -> dict:
                 per_channel=_check_flag(per_channel, 'per_channel', 'granularity: False per tensor, True per output channel'))
 
 # %% ../nbs/02_quantize.ipynb #142fbfe1
-class QuantLinear(nn.Linear):
+class QuantLinear(QuantizedLinear):
     "An `nn.Linear` whose forward uses its latent weight fake-quantized to `bits` bits (nearest rounding at eval)."
     def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 8, symmetric: bool = True,
                  per_channel: bool = False, rounding: str = 'nearest', device=None, dtype=None):

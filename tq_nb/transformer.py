@@ -15,8 +15,8 @@ from torch import nn
 # %% auto #0
 __all__ = ['PRESETS', 'PARTS', 'GROUPS', 'POST_RELU_PARTS', 'ModelConfig', 'TokenEmbedding', 'PatchEmbedding',
            'MultiHeadAttention', 'FeedForward', 'EncoderLayer', 'Classifier', 'EncoderClassifier', 'build_model',
-           'part_name', 'select_linears', 'replace_linears_', 'set_quant_', 'strip_quant_', 'QWeight', 'part_group',
-           'param_counts']
+           'part_name', 'select_linears', 'replace_linears_', 'set_quant_', 'strip_quant_', 'QWeight',
+           'QuantizedLinear', 'IntegerLinear', 'quantized_layers', 'quant_active', 'part_group', 'param_counts']
 
 # %% ../nbs/01_transformer.ipynb #0148e2ff
 PRESETS = {
@@ -228,6 +228,34 @@ class QWeight:
     def dequantize(self) -> torch.Tensor:
         "The float weight these codes stand for."
         return (self.codes.float() - self.zero_point) * self.scale
+
+# %% ../nbs/01_transformer.ipynb #4a458e34
+class QuantizedLinear(nn.Linear):
+    "Base of every quantized Linear: a latent float `.weight`, the switch `quant_enabled`, integer codes via `qweight()`."
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self.quant_enabled = True
+    def qweight(self) -> QWeight:
+        "The weight as integer codes with scale and zero point."
+        raise NotImplementedError(f"{type(self).__name__} must define qweight()")
+    def input_quantizer(self) -> nn.Module | None:
+        "The module that quantizes this layer's input, or None if the input stays float."
+        return None
+
+class IntegerLinear(nn.Module):
+    "Base of inference layers that store integer weights (no latent float weight) and compute with them."
+    def qweight(self) -> QWeight:
+        "The stored weight as integer codes with scale and zero point."
+        raise NotImplementedError(f"{type(self).__name__} must define qweight()")
+
+def quantized_layers(model: nn.Module) -> dict:
+    "`{name: module}` of the layers of `model` whose weights are integers: quantized Linears switched on, and integer layers."
+    return {n: m for n, m in model.named_modules()
+            if (isinstance(m, QuantizedLinear) and m.quant_enabled) or isinstance(m, IntegerLinear)}
+
+def quant_active(model: nn.Module) -> bool:
+    "Whether any quantized layer of `model` has quantization switched on (False for a full-precision model)."
+    return any(isinstance(m, QuantizedLinear) and m.quant_enabled for m in model.modules())
 
 # %% ../nbs/01_transformer.ipynb #9aafeb7a
 def part_group(qualname: str) -> str:
