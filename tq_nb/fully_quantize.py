@@ -12,7 +12,7 @@ from torch import nn
 
 from .quantize import (QuantLinear, check_bits, check_finite, check_weight_settings, fake_quant, qrange,
                             quantize_codes, range_qparams)
-from .transformer import POST_RELU_PARTS, MultiHeadAttention, QWeight, part_name, replace_linears_
+from .transformer import POST_RELU_PARTS, InputQuantizer, MultiHeadAttention, QWeight, part_name, replace_linears_
 
 # %% auto #0
 __all__ = ['ATTN_INPUTS', 'EMARange', 'ActQuantizer', 'LSQFakeQuant', 'LSQQuantizer', 'make_act_quantizer', 'FullQuantLinear',
@@ -62,7 +62,7 @@ class EMARange(nn.Module):
     def extra_repr(self): return f"mu={self.mu}, {'signed' if self.signed else 'unsigned'}"
 
 # %% ../nbs/03_fully_quantize.ipynb #833d71c7
-class ActQuantizer(nn.Module):
+class ActQuantizer(InputQuantizer):
     "Fake-quantizes activations to `bits` bits on the range its `EMARange` observer tracks (unsigned: `[0, hi]`)."
     def __init__(self, bits: int = 8, signed: bool = True, mu: float = 0.9):
         super().__init__()
@@ -78,6 +78,8 @@ class ActQuantizer(nn.Module):
     def scale(self) -> torch.Tensor: return self.qparams()[0]
     @property
     def zero_point(self) -> torch.Tensor: return self.qparams()[1]
+    @property
+    def calibrated(self) -> bool: return self.range._seen
 
     def forward(self, x):
         _check_batch(x, type(self).__name__)
@@ -113,7 +115,7 @@ class LSQFakeQuant(torch.autograd.Function):
         return gx, gs, None, None, None, None
 
 # %% ../nbs/03_fully_quantize.ipynb #dde43a65
-class LSQQuantizer(nn.Module):
+class LSQQuantizer(InputQuantizer):
     "Learned step size quantization (LSQ): the step `scale` is learned (as its log) with its gradient scaled by 1/sqrt(N*Qp)."
     def __init__(self, bits: int = 8, signed: bool = True, mu: float | None = 0.9):
         super().__init__()
@@ -136,6 +138,8 @@ class LSQQuantizer(nn.Module):
     def scale(self) -> torch.Tensor: return self.log_step.detach().exp()
     @property
     def zero_point(self) -> torch.Tensor: return torch.tensor(self.zp, device=self.log_step.device)
+    @property
+    def calibrated(self) -> bool: return self._ready
 
     @torch.no_grad()
     def reset_step_(self, lo=None, hi=None):

@@ -16,7 +16,8 @@ from torch import nn
 __all__ = ['PRESETS', 'PARTS', 'GROUPS', 'POST_RELU_PARTS', 'ModelConfig', 'TokenEmbedding', 'PatchEmbedding',
            'MultiHeadAttention', 'FeedForward', 'EncoderLayer', 'Classifier', 'EncoderClassifier', 'build_model',
            'part_name', 'select_linears', 'replace_linears_', 'set_quant_', 'strip_quant_', 'QWeight',
-           'QuantizedLinear', 'IntegerLinear', 'quantized_layers', 'quant_active', 'part_group', 'param_counts']
+           'QuantizedLinear', 'InputQuantizer', 'IntegerLinear', 'quantized_layers', 'quant_active', 'part_group',
+           'param_counts']
 
 # %% ../nbs/01_transformer.ipynb #0148e2ff
 PRESETS = {
@@ -241,6 +242,13 @@ class QuantizedLinear(nn.Linear):
     def input_quantizer(self) -> nn.Module | None:
         "The module that quantizes this layer's input, or None if the input stays float."
         return None
+
+class InputQuantizer(nn.Module):
+    "Base of the modules that fake-quantize a layer's input: `bits`, lowest code `qmin`, `scale`, `zero_point`, `calibrated`."
+    @property
+    def calibrated(self) -> bool:
+        "Whether the quantizer has a range (observed or learned), so that it can run in eval mode."
+        raise NotImplementedError(f"{type(self).__name__} must define calibrated")
 
 class IntegerLinear(nn.Module):
     "Base of inference layers that store integer weights (no latent float weight) and compute with them."
