@@ -4,7 +4,7 @@ The notebooks go through nbdev's own docs processing (`nbdev.serve.proc_nbs`, wh
 Quarto: hidden cells dropped, show_doc cells added after exported code and executed, front matter, doc links)
 into `_proc/`. This script then turns Quarto's cell options into what mkdocs-jupyter understands, turns TeX
 math into MathML (no script needed to view it) and writes a mkdocs config with the material theme into
-`.mkdocs_src/`; mkdocs renders the site. The sidebar lists `index.ipynb` then every numbered notebook in
+`.mkdocs_src/`; mkdocs renders the site. The sidebar lists `index.ipynb`, the design page `design.ipynb`, then every numbered notebook in
 `nbs/`, in numeric order, so it grows with each new chapter. The build fails if a page would load a script,
 stylesheet, font or image from the internet.
 
@@ -260,7 +260,7 @@ def build():
     os.chdir(root)
     from nbdev.config import get_config
     cfg = get_config()
-    nbs = [cfg.nbs_path/'index.ipynb'] + numbered_notebooks(cfg.nbs_path)
+    nbs = [cfg.nbs_path/'index.ipynb', cfg.nbs_path/'design.ipynb'] + numbered_notebooks(cfg.nbs_path)
     print(f'build_docs: nbdev processing {len(nbs)} notebooks into _proc/')
     proc = process_notebooks(cfg)
     fms = {}
@@ -269,7 +269,7 @@ def build():
         if not p.exists(): sys.exit(f'build_docs: nbdev did not process {nb.name}')
         first = json.loads(p.read_text(encoding='utf-8'))['cells'][:1]
         fms[nb] = (first and front_matter(first[0])) or {}
-    pages = {nb: fms[nb].get('output-file') or re.sub(r'^\d+[_-]', '', nb.stem) + '.html' for nb in nbs}
+    pages = {nb: fms[nb].get('output-file') or re.sub(r'^\d+[a-z]?[_-]', '', nb.stem) + '.html' for nb in nbs}
     if len(set(pages.values())) < len(pages): sys.exit(f'build_docs: two notebooks give the same page: {pages}')
     shutil.rmtree(src_dir/'docs', ignore_errors=True)
     docs_dir.mkdir(parents=True)
@@ -278,8 +278,8 @@ def build():
     for nb in nbs:
         dest = docs_dir/(Path(pages[nb]).stem + '.ipynb')
         title = convert_notebook(proc/nb.name, dest, nb.parent, base, {k.name: v for k, v in pages.items()}) or nb.stem
-        num = re.match(r'\d+', nb.name)
-        nav.append({(f'{num.group()} · {title}' if num else 'Home'): dest.name})
+        num = re.match(r'\d+[a-z]?', nb.name)
+        nav.append({(f'{num.group()} · {title}' if num else 'Home' if nb.stem == 'index' else title): dest.name})
     (docs_dir/'extra.css').write_text(EXTRA_CSS)
     (src_dir/'mkdocs.yml').write_text(mkdocs_config(cfg, nav))
     print(f'build_docs: mkdocs build into {site_dir.name}/')

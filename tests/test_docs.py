@@ -21,11 +21,11 @@ API = {'quantize': ['quantize_', 'QuantLinear'], 'binarize': ['binarize_', 'Bina
 
 def chapter(module):
     "The notebook `NN_module.ipynb` in nbs/, or None while nobody has written it."
-    return next((p for p in sorted((root/'nbs').glob('*.ipynb')) if re.fullmatch(rf'\d+_{module}', p.stem)), None)
+    return next((p for p in sorted((root/'nbs').glob('*.ipynb')) if re.fullmatch(rf'\d+[a-z]?_{module}', p.stem)), None)
 
 def page_of(stem):
     "The page nbdev (and Quarto) make of a notebook: its name without the number, `02_quantize` → `quantize.html`."
-    return re.sub(r'^\d+[_-]', '', stem) + '.html'
+    return re.sub(r'^\d+[a-z]?[_-]', '', stem) + '.html'
 
 def numbered_stems():
     nbs = [p for p in (root/'nbs').glob('*.ipynb') if re.match(r'\d+', p.name)]
@@ -179,7 +179,7 @@ def visits(server, browser):
 
 # ---- the checks ----------------------------------------------------------------------------------------
 def test_every_notebook_is_a_page(built):
-    for stem in ['index'] + numbered_stems():
+    for stem in ['index', 'design'] + numbered_stems():
         page = page_of(stem)
         assert (built/page).exists(), f'nbs/{stem}.ipynb has no page {page} in _docs/'
 
@@ -230,7 +230,7 @@ def test_internal_links_resolve(visits):
 
 def test_sidebar_follows_notebook_order(visits):
     base, out, not_found = visits
-    want = ['index.html'] + [page_of(s) for s in numbered_stems()]
+    want = ['index.html', 'design.html'] + [page_of(s) for s in numbered_stems()]
     assert out['index.html']['nav'] == want
 
 def test_search_box_finds_a_chapter(server, browser):
