@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['PRESETS', 'PARTS', 'GROUPS', 'POST_RELU_PARTS', 'ModelConfig', 'TokenEmbedding', 'PatchEmbedding',
+__all__ = ['PRESETS', 'POOLINGS', 'PARTS', 'GROUPS', 'POST_RELU_PARTS', 'ModelConfig', 'TokenEmbedding', 'PatchEmbedding',
            'MultiHeadAttention', 'FeedForward', 'EncoderLayer', 'Classifier', 'EncoderClassifier', 'build_model',
            'part_name', 'select_linears', 'replace_linears_', 'set_quant_', 'strip_quant_', 'QWeight',
            'QuantizedLinear', 'InputQuantizer', 'IntegerLinear', 'quantized_layers', 'quant_active', 'part_group',
@@ -27,7 +27,13 @@ PRESETS = {
                   vocab_size=8000,  batch_size=64, epochs=3,  lr=3e-3),
     'paper': dict(d_model=512, n_heads=8, d_ff=1024, d_hidden=1024, n_layers=2, dropout=0.1, max_len=128,
                   vocab_size=30522, batch_size=32, epochs=10, lr=1e-4),
+    # the study's budget (issue #16): quick's sizes, mean pooling, no dropout; `wide` doubles the width
+    'base':  dict(d_model=64,  n_heads=4, d_ff=128,  d_hidden=128,  n_layers=2, dropout=0.0, pooling='mean', max_len=32,
+                  vocab_size=8000,  batch_size=64, epochs=6,  lr=3e-3),
+    'wide':  dict(d_model=128, n_heads=4, d_ff=256,  d_hidden=256,  n_layers=2, dropout=0.0, pooling='mean', max_len=32,
+                  vocab_size=8000,  batch_size=64, epochs=6,  lr=3e-3),
 }
+POOLINGS = ('cls', 'mean')
 
 @dataclass
 class ModelConfig:
@@ -41,6 +47,7 @@ class ModelConfig:
     n_layers: int = 2
     max_len: int = 64
     dropout: float = 0.1
+    pooling: str = 'cls'
     image_size: int | None = None
     patch_size: int = 7
     in_chans: int = 1
@@ -48,13 +55,14 @@ class ModelConfig:
         for k in ('n_classes', 'd_model', 'n_heads', 'd_ff', 'd_hidden', 'n_layers', 'max_len', 'patch_size'):
             v = getattr(self, k)
             if not (isinstance(v, int) and v > 0): raise ValueError(f"{k} must be a positive int, got {v!r}")
+        if self.pooling not in POOLINGS: raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.d_model % self.n_heads: raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.image_size is not None and self.image_size % self.patch_size:
             raise ValueError(f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
 
     @classmethod
     def from_preset(cls, preset: str, n_classes: int, **overrides):
-        "Model sizes of `preset` ('tiny', 'quick', 'paper'), with `overrides`."
+        "Model sizes of `preset` (a key of `PRESETS`), with `overrides`."
         if preset not in PRESETS: raise ValueError(f"preset must be one of {list(PRESETS)}, got {preset!r}")
         known = set(cls.__dataclass_fields__)
         return cls(n_classes=n_classes, **{**{k: v for k, v in PRESETS[preset].items() if k in known}, **overrides})
@@ -140,7 +148,7 @@ class Classifier(nn.Module):
 
 # %% ../nbs/01_transformer.ipynb #1b7ae23c
 class EncoderClassifier(nn.Module):
-    "Front end (tokens or patches) → `n_layers` encoder blocks → LayerNorm → classifier on position 0."
+    "Front end (tokens or patches) → `n_layers` encoder blocks → LayerNorm → classifier on position 0 or the mean over positions."
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -151,7 +159,13 @@ class EncoderClassifier(nn.Module):
     def forward(self, x, mask=None):
         h, mask = self.embed(x, mask)
         for layer in self.layers: h = layer(h, mask)
-        return self.cls(self.norm(h)[:, 0])
+        return self.cls(self.pool(self.norm(h), mask))
+    def pool(self, h, mask=None):
+        "One vector per sequence: the `[CLS]` position, or the mean over the positions `mask` keeps (`pooling='mean'`)."
+        if self.cfg.pooling == 'cls': return h[:, 0]
+        if mask is None: return h.mean(1)
+        keep = mask[..., None].to(h.dtype)
+        return (h * keep).sum(1) / keep.sum(1)
 
 def build_model(preset: str = 'quick', n_classes: int = 26, vocab_size: int | None = None,
                 image_size: int | None = None, seed: int | None = None, **overrides) -> EncoderClassifier:
