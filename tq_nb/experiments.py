@@ -167,6 +167,11 @@ SUITES = {s.name: s for s in [
           about='EXP1 methods on Fashion-MNIST'),
     Suite('vision_exp2', ('fp', 'bin', 'bin_mha', 'bin_ffn', 'bin_cls', 'bin_all_qk', 'bin_all_qv', 'bin_all_kv'), dataset='fashion_mnist', train_limit=20000,
           about='EXP2 sensitivity on Fashion-MNIST'),
+    # the study on models that have learned (run with --preset base): all the data, the epochs where doubling gains < 1 point
+    Suite('study', (*ORIGINAL_ROWS[:7], 'bin_scaled', *ORIGINAL_ROWS[7:]),
+          about="the original's rows and scaled binarization on all glosses; --preset base trains 6 epochs (the budget study's plateau)"),
+    Suite('vision_study', ('fp', 'w8', 'w4', 'w2', 'w8a8', 'bin', 'bin_scaled', 'irnet'), dataset='fashion_mnist', epochs=12,
+          about='EXP1 methods on all 60k Fashion-MNIST images, 12 epochs (the plateau with --preset base)'),
     Suite('smoke', ('fp', 'w8', 'w4a4_lsq', 'bin', 'irnet', 'bin_pre', 'w8a8_latent'), dataset='synthetic', epochs=2,
           about='one of each kind of run, on the synthetic task; seconds with --preset tiny'),
 ]}
