@@ -163,3 +163,21 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match='same number of words'): xnor_mm(np.zeros((1, 1), np.uint64), np.zeros((1, 2), np.uint64), 3)
     with pytest.raises(ValueError, match='threads must be'): xnor_mm(np.zeros((1, 1), np.uint64), np.zeros((1, 1), np.uint64), 3, threads=0)
     with pytest.raises(ValueError, match='x must be a 2-d float tensor'): pack_signs(torch.ones(3, 3, dtype=torch.int8))
+
+
+def test_convert_binary_xnor_and_checkpoint(tmp_path):
+    "convert_(binary='xnor'): XnorLinear layers, the int8 path's logits, and a checkpoint that stores the words and reloads."
+    from tq_nb.deploy import int_summary, load_int, save_int
+    fake = build_model('tiny', n_classes=5, vocab_size=100, seed=0).eval()
+    binarize_(fake, 'all|~cls.final', method='irnet', binarize_act=True)
+    ints, xn = convert_(copy.deepcopy(fake)), convert_(copy.deepcopy(fake), binary='xnor')
+    assert not any(isinstance(m, XnorLinear) for m in ints.modules())
+    assert set(int_summary(xn).compute) == {'XNOR-popcount', 'float'}
+    ids = torch.randint(5, 100, (3, 20), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(3, 20, dtype=torch.bool)
+    mask[1, 12:] = False
+    loaded = load_int(save_int(xn, tmp_path/'xnor.safetensors'))
+    assert loaded.layers[0].mha.q.words.dtype == torch.uint64
+    with torch.no_grad():
+        ref = ints(ids, mask)
+        assert torch.equal(xn(ids, mask), ref) and torch.equal(loaded(ids, mask), ref)

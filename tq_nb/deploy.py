@@ -18,9 +18,11 @@ from safetensors.torch import load as st_load, save as st_save
 from .data import atomic_write_bytes
 from .transformer import (EncoderClassifier, ModelConfig, QWeight, replace_linears_, select_linears)
 from .memory import pack_bits, packed_nbytes, unpack_bits
+from . import xnor
+from .xnor import XnorLinear
 
 # %% auto #0
-__all__ = ['ACTS', 'ACT_MODES', 'CHECKPOINT_FORMAT', 'int_mm_exact', 'int_mm', 'int8_weight', 'requantize_int8',
+__all__ = ['ACTS', 'ACT_MODES', 'BINARY_MODES', 'CHECKPOINT_FORMAT', 'int_mm_exact', 'int_mm', 'int8_weight', 'requantize_int8',
            'quantize_per_token', 'quantize_static', 'binary_codes', 'IntLinear', 'NotConvertible', 'convert_', 'to_int',
            'int_summary', 'save_int', 'load_int']
 
@@ -189,6 +191,7 @@ class IntLinear(nn.Module):
 
 # %% ../nbs/08_deploy.ipynb #81b6a304
 ACT_MODES = ('auto', 'dynamic', 'static')
+BINARY_MODES = ('int8', 'xnor', 'auto')
 
 class NotConvertible(ValueError):
     "A quantized layer the integer path cannot run."
@@ -209,8 +212,8 @@ def _trained_range(name: str, aq) -> tuple:
                              f"zero_point={zero.item()}); run calibrate_ or train the model first")
     return scale, zero, int(aq.bits), int(getattr(aq, 'qmin', 0))
 
-def _to_int_linear(name: str, m: nn.Module, act: str, lazy: bool) -> IntLinear:
-    "The `IntLinear` for quantized layer `m`, or `NotConvertible` saying why not."
+def _to_int_linear(name: str, m: nn.Module, act: str, lazy: bool, binary: str = 'int8') -> IntLinear | XnorLinear:
+    "The `IntLinear` (or, per `binary`, the `XnorLinear`) for quantized layer `m`, or `NotConvertible` saying why not."
     if not getattr(m, 'quant_enabled', True):
         raise NotConvertible(f"{name}: quantization is switched off (quant_enabled=False), so the model computes "
                              f"this layer in float; switch it on with set_quant_(model, True) first")
@@ -218,17 +221,24 @@ def _to_int_linear(name: str, m: nn.Module, act: str, lazy: bool) -> IntLinear:
     if not (isinstance(qw.bits, int) and 1 <= qw.bits <= 8):
         raise NotConvertible(f"{name}: {qw.bits}-bit weights; the integer path supports 1..8 bits")
     aq, rng, mode = _input_quantizer(m), None, 'dynamic'
-    if getattr(m, 'binarize_act', False): mode = 'step' if m.post_relu else 'sign'
+    if getattr(m, 'binarize_act', False):
+        on_cpu = qw.codes.device.type == 'cpu'
+        if qw.bits == 1 and (binary == 'xnor' or (binary == 'auto' and xnor.HAVE_NUMBA and on_cpu)):
+            return XnorLinear.from_qweight(qw, m.bias, m.post_relu)
+        mode = 'step' if m.post_relu else 'sign'
     elif aq is not None and act != 'dynamic': mode, rng = 'static', _trained_range(name, aq)
     elif act == 'static':
         raise NotConvertible(f"{name}: act='static' needs trained input ranges, but {type(m).__name__} has no input quantizer")
     return IntLinear.from_qweight(qw, m.bias, mode, rng, lazy)
 
-def convert_(model: nn.Module, act: str = 'auto', allow_float: bool = False, lazy: bool = False) -> nn.Module:
-    "Replace every quantized Linear of `model` by an `IntLinear`, in place; returns `model`."
+def convert_(model: nn.Module, act: str = 'auto', allow_float: bool = False, lazy: bool = False, binary: str = 'int8') -> nn.Module:
+    "Replace every quantized Linear of `model` by an `IntLinear` (binarized ones with binarized inputs, per `binary`, by an `XnorLinear`), in place."
     if act not in ACT_MODES: raise ValueError(f"act must be one of {ACT_MODES}, got {act!r}")
+    if binary not in BINARY_MODES: raise ValueError(f"binary must be one of {BINARY_MODES}, got {binary!r}")
+    if binary == 'auto' and not xnor.HAVE_NUMBA:
+        warnings.warn("binary='auto': numba is not installed, so binarized layers with binarized inputs use the int8 path")
     names = [n for n, m in select_linears(model).items() if hasattr(m, 'qweight')]
-    if not names and any(isinstance(m, IntLinear) for m in model.modules()):
+    if not names and any(isinstance(m, (IntLinear, XnorLinear)) for m in model.modules()):
         raise ValueError("model is already converted (it has IntLinear layers and no fake-quantized ones)")
     if not names:
         msg = "model has no quantized layers (no Linear with qweight()); quantize it first (quantize_, fully_quantize_ or binarize_)"
@@ -237,7 +247,7 @@ def convert_(model: nn.Module, act: str = 'auto', allow_float: bool = False, laz
         return model
     kept_float = []
     def make(name, m):
-        try: return _to_int_linear(name, m, act, lazy)
+        try: return _to_int_linear(name, m, act, lazy, binary)
         except NotConvertible as e:
             if not allow_float: raise NotConvertible(f"{e}; or pass allow_float=True to keep such layers in float") from None
             kept_float.append(str(e))
@@ -264,6 +274,9 @@ def int_summary(model: nn.Module) -> pd.DataFrame:
             act = {'dynamic': 'int8 per token', 'static': f'{m.act_bits}-bit static', 'sign': '±1', 'step': '{0,1}'}[m.act]
             rows.append(dict(layer=name, compute='int8 GEMM', weight_bits=m.bits, activations=act,
                              requantized=m.requantized, weight_bytes=m.packed.numel()))
+        elif isinstance(m, XnorLinear):
+            rows.append(dict(layer=name, compute='XNOR-popcount', weight_bits=1, activations='{0,1}' if m.post_relu else '±1',
+                             requantized=False, weight_bytes=m.words.numel() * m.words.element_size()))
         elif isinstance(m, nn.Linear):
             kind = 'fake-quantized float' if hasattr(m, 'qweight') else 'float'
             rows.append(dict(layer=name, compute=kind, weight_bits=32, activations='float', requantized=False,
@@ -274,16 +287,26 @@ def int_summary(model: nn.Module) -> pd.DataFrame:
 CHECKPOINT_FORMAT = 'tq_nb.deploy/1'
 
 def _int_layers(model: nn.Module) -> dict:
-    return {n: m for n, m in model.named_modules() if isinstance(m, IntLinear)}
+    return {n: m for n, m in model.named_modules() if isinstance(m, (IntLinear, XnorLinear))}
+
+def _layer_spec(m) -> dict:
+    "What `load_int` needs to rebuild layer `m` before loading its tensors."
+    if isinstance(m, XnorLinear):
+        return dict(kind='xnor', in_features=m.in_features, out_features=m.out_features, bias=m.bias is not None, post_relu=m.post_relu)
+    return dict(in_features=m.in_features, out_features=m.out_features, bits=m.bits, bias=m.bias is not None,
+                act=m.act, act_bits=m.act_bits, act_qmin=m.act_qmin, requantized=m.requantized)
+
+def _from_spec(spec: dict) -> IntLinear | XnorLinear:
+    kw = {k: v for k, v in spec.items() if k != 'kind'}
+    return XnorLinear(**kw) if spec.get('kind') == 'xnor' else IntLinear(**kw)
 
 def save_int(model: nn.Module, path) -> Path:
     "Write converted `model` to `path` as a low-bit safetensors checkpoint (atomically); returns the path."
     layers = _int_layers(model)
-    if not layers: raise ValueError("model has no IntLinear layers; convert it first with convert_ or to_int")
+    if not layers: raise ValueError("model has no IntLinear (or XnorLinear) layers; convert it first with convert_ or to_int")
     if not isinstance(getattr(model, 'cfg', None), ModelConfig):
         raise ValueError(f"model must be an EncoderClassifier (with a ModelConfig as .cfg), got {type(model).__name__}")
-    spec = {n: dict(in_features=m.in_features, out_features=m.out_features, bits=m.bits, bias=m.bias is not None,
-                    act=m.act, act_bits=m.act_bits, act_qmin=m.act_qmin, requantized=m.requantized) for n, m in layers.items()}
+    spec = {n: _layer_spec(m) for n, m in layers.items()}
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     meta = dict(format=CHECKPOINT_FORMAT, config=json.dumps(asdict(model.cfg)), int_layers=json.dumps(spec))
     return atomic_write_bytes(path, st_save(tensors, metadata=meta))
@@ -296,12 +319,13 @@ def load_int(path, model: nn.Module | None = None, lazy: bool = False) -> nn.Mod
     tensors = st_load(Path(path).read_bytes())
     if model is None: model = EncoderClassifier(ModelConfig(**json.loads(meta['config'])))
     spec = json.loads(meta['int_layers'])
-    replace_linears_(model, list(spec), lambda name, m: IntLinear(**spec[name]))
+    replace_linears_(model, list(spec), lambda name, m: _from_spec(spec[name]))
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}; a model with "
                          f"parts a plain EncoderClassifier lacks (such as quantized attention inputs) must be passed as `model`, "
                          f"built the same way")
     if not lazy:
-        for m in _int_layers(model).values(): m.unpack_()
+        for m in _int_layers(model).values():
+            if isinstance(m, IntLinear): m.unpack_()
     return model.eval()

@@ -267,7 +267,7 @@ class XnorLinear(IntegerLinear):
         lin.words.copy_(pack_rows(qw.codes.cpu(), post_relu=True)[0])     # codes 0/1: bit 1 where the code is 1 (+scale/2)
         lin.scale.copy_(_per_output(qw.scale, n, 'scale') / 2)
         if bias is not None: lin.bias.copy_(bias.detach())
-        return lin
+        return lin.to(qw.codes.device)
 
     @classmethod
     def from_binary_linear(cls, m: nn.Module) -> XnorLinear:
