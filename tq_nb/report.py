@@ -22,11 +22,11 @@ from .memory import example_batch, memory_table
 from .transformer import PRESETS, build_model
 
 # %% auto #0
-__all__ = ['RUN_COLUMNS', 'VERDICTS', 'FINDINGS', 'N_CLASSES', 'suite_budget', 'load_runs', 'suite_command', 'missing_runs',
-           'missing_note', 'with_results', 'accuracy_table', 'original_relation', 'verdict', 'findings', 'pairs_within',
-           'conclusions', 'epoch_history', 'step_log', 'plot_lines', 'curves_figure', 'accuracy_figure', 'figures_dir',
-           'save_figure', 'save_and_show', 'fresh_model', 'size_table', 'method_table', 'markdown_table',
-           'results_markdown', 'findings_summary']
+__all__ = ['RUN_COLUMNS', 'VERDICTS', 'FINDINGS', 'N_CLASSES', 'BUDGET_TAGS', 'suite_budget', 'load_runs', 'suite_command',
+           'missing_runs', 'missing_note', 'with_results', 'accuracy_table', 'original_relation', 'verdict', 'findings',
+           'pairs_within', 'conclusions', 'epoch_history', 'step_log', 'plot_lines', 'curves_figure', 'accuracy_figure',
+           'figures_dir', 'save_figure', 'save_and_show', 'fresh_model', 'size_table', 'method_table', 'markdown_table',
+           'results_markdown', 'findings_summary', 'budget_runs', 'doubling_gains', 'budget_figure']
 
 # %% ../nbs/09_report.ipynb #a90d8541
 def suite_budget(suite: str = 'main', preset: str = 'quick') -> dict:
@@ -337,3 +337,50 @@ def findings_summary(runs: pd.DataFrame, chapters: dict | None = None, k: float 
                          'ours': [f'{num(a)} vs {num(b)}' if not pd.isna(a) and not pd.isna(b) else '' for a, b in zip(f['ours a'], f['ours b'])],
                          'difference': [num(d, '{:+.1f}') + ('' if pd.isna(e) else f' ± {e:.1f}') for d, e in zip(f.difference, f[f'± {k:g}·se'])],
                          'seeds': f.seeds, 'verdict': f.verdict}, index=f.index)
+
+# %% ../nbs/09_report.ipynb #976de54b
+from .baselines import BASELINES, baseline_acc
+from .experiments import default_res_dir
+from .learner import select_best
+
+BUDGET_TAGS = {'wordnet': ('base_e3', 'base', 'base_e12', 'base_n10000', 'base_n40000', 'wide'),
+               'fashion_mnist': ('base_e3', 'base', 'base_e12')}
+
+def budget_runs(dataset: str = 'wordnet', res_dir=None, tags=None) -> pd.DataFrame:
+    "The budget study's full-precision runs of `dataset`: budget, width, and train/valid/test accuracy at the selected epoch."
+    root, rows = Path(res_dir or default_res_dir())/dataset, []
+    for tag in tags or BUDGET_TAGS.get(dataset, ()):
+        for p in sorted((root/tag/'fp').glob('seed*.json')):
+            r = json.loads(p.read_text())
+            b, s = select_best(r['history']), r['config']['preset_settings']
+            rows.append(dict(tag=tag, seed=r['seed'], preset=r['preset'], epochs=r['config']['epochs'],
+                             train_limit=r['config']['train_limit'], d_model=s['d_model'], best_epoch=b['epoch'],
+                             train_acc=b['train_acc'], valid_acc=b['valid_acc'], test_acc=b['test_acc'],
+                             train_time=r['train_time'], command=r['command']))
+    return pd.DataFrame(rows)
+
+# %% ../nbs/09_report.ipynb #86932249
+def doubling_gains(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
+    "Test-accuracy gain in points from doubling the epochs (`base`, all data; mean over seeds), and whether it is < `threshold`."
+    full = runs[(runs.preset == 'base') & runs.train_limit.isna()].groupby('epochs').test_acc.mean()
+    rows = [dict(epochs=f'{a} → {2*a}', gain=100 * (full[2*a] - full[a]), plateau=100 * (full[2*a] - full[a]) < threshold)
+            for a in full.index if 2*a in full.index]
+    return pd.DataFrame(rows, columns=['epochs', 'gain', 'plateau'])
+
+# %% ../nbs/09_report.ipynb #f4a7d5fc
+def budget_figure(runs_by_dataset: dict, references: dict | None = None):
+    "One panel per dataset: FP test accuracy (%) against epochs, other budgets as labelled points, `references` {dataset: {label: acc}} as dashed lines."
+    fig, axes = plt.subplots(1, len(runs_by_dataset), figsize=(5.5 * len(runs_by_dataset), 3.8), squeeze=False)
+    for ax, (ds, runs) in zip(axes[0], runs_by_dataset.items()):
+        base = runs[(runs.preset == 'base') & runs.train_limit.isna()].groupby('epochs').test_acc.mean()
+        ax.plot(base.index, 100 * base.values, 'o-', label='base, all data')
+        for _, r in runs[~runs.index.isin(runs[(runs.preset == 'base') & runs.train_limit.isna()].index)].iterrows():
+            what = f"{r.train_limit:,} examples" if r.train_limit == r.train_limit and r.train_limit else f"d_model {r.d_model}"
+            ax.plot(r.epochs, 100 * r.test_acc, 's'); ax.annotate(what, (r.epochs, 100 * r.test_acc), fontsize=8,
+                                                                 xytext=(4, -3), textcoords='offset points')
+        for i, (label, acc) in enumerate((references or {}).get(ds, {}).items()):
+            ax.axhline(100 * acc, ls='--', lw=1, color=f'C{i + 2}', label=label)
+        ax.set_xscale('log', base=2); ax.xaxis.set_major_formatter(mticker.ScalarFormatter())
+        ax.set(title=ds, xlabel='epochs', ylabel='test accuracy (%)'); ax.legend(fontsize=8, loc='lower right')
+    fig.tight_layout()
+    return fig
