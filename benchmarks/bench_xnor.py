@@ -7,7 +7,7 @@ disturbs less than a ratio of medians. Shapes are M x K x N: M tokens, K inputs,
 inputs already packed and its weight transposed once (as XnorLinear keeps it); `int_mm` gets int8 values in -1..1.
 Also times whole layers (binarize and pack the input, multiply, scale and add the bias): XnorLinear against
 IntLinear, built from the same BinaryLinear; and, where convert_ offers binary='xnor', the W1A1 paper-size encoder
-end to end on the int8 path and on the XNOR path.
+end to end on the int8 path and on the XNOR path, with the bytes of its fp32, int8-path and XNOR-path checkpoints.
 
     .venv/bin/python benchmarks/bench_xnor.py            # writes res/deploy/bench_xnor_cpu.json
 """
@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save as st_save
 
 from tq_nb.data import atomic_write_bytes
 from tq_nb.binarize import BinaryLinear, binarize_
-from tq_nb.deploy import IntLinear, convert_, int_mm
+from tq_nb.deploy import IntLinear, convert_, int_mm, save_int
 from tq_nb.transformer import build_model
 from tq_nb.xnor import LANES, XnorLinear, pack_rows, transpose_words, xnor_mm
 
@@ -127,8 +128,13 @@ def encoder(args, threads_list, g):
             t = paired_rounds({k: (lambda m=m: m(ids, mask)) for k, m in variants.items()}, max(args.repeats // 2, 5), args.warmup)
             out[f'{threads} thread(s)'] = dict(median_ms={k: statistics.median(v) * 1e3 for k, v in t.items()},
                                                paired=paired(t, 'int8 path', 'xnor path'))
+    sizes = {'fp32': len(st_save({k: v.contiguous() for k, v in build_model('paper', n_classes=4, vocab_size=30522, seed=0).state_dict().items()}))}
+    tmp = ROOT/'res'/'deploy'/'.size_probe_xnor.safetensors'
+    for k, m in variants.items():
+        save_int(m, tmp); sizes[k] = tmp.stat().st_size
+    tmp.unlink()
     return dict(model="build_model('paper', n_classes=4, vocab_size=30522); binarize_(m, 'all|~cls.final', method='scaled', "
-                      "binarize_act=True)", batch='32 x 64 tokens', same_logits=same, timings=out)
+                      "binarize_act=True)", batch='32 x 64 tokens', same_logits=same, timings=out, checkpoint_bytes=sizes)
 
 
 def main(argv=None):
@@ -182,6 +188,7 @@ def main(argv=None):
         for k, v in model['timings'].items():
             print(f"W1A1 paper encoder, {k}: " + ', '.join(f'{n} {t:.1f} ms' for n, t in v['median_ms'].items())
                   + f"; int8 / xnor {v['paired']['median']:.2f}x ({v['paired']['q1']:.2f}-{v['paired']['q3']:.2f}); same logits: {model['same_logits']}")
+        print('W1A1 paper encoder checkpoint MB: ' + ', '.join(f'{k} {v / 1e6:.2f}' for k, v in model['checkpoint_bytes'].items()))
     print(f"profile {profile['shape']}, 1 thread: {profile['words_per_ns']:.1f} word products per ns, "
           f"{profile['vector_ops_per_ns']:.2f} vector ops per ns" + (f" = {profile['vector_ops_per_cycle']:.2f} per cycle at "
                                                                       f"{cpu['mhz']:.0f} MHz" if cpu['mhz'] else ''))
