@@ -11,11 +11,13 @@ from fastcore.basics import patch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_choice
 from .transformer import QWeight, QuantizedLinear, replace_linears_
 
 # %% auto #0
-__all__ = ['ROUNDINGS', 'check_bits', 'qrange', 'range_qparams', 'check_finite', 'qparams', 'FakeQuantSTE', 'fake_quant',
-           'quantize_tensor', 'check_weight_settings', 'QuantLinear', 'quantize_codes', 'quantize_']
+__all__ = ['ROUNDINGS', 'GRIDS', 'check_bits', 'qrange', 'range_qparams', 'check_finite', 'qparams', 'FakeQuantSTE', 'fake_quant',
+           'quantize_tensor', 'zero_fraction', 'twn_qparams', 'twn_qweight', 'TernarySTE', 'twn_quantize',
+           'check_weight_settings', 'check_grid', 'QuantLinear', 'quantize_codes', 'quantize_']
 
 # %% ../nbs/02_quantize.ipynb #71db332c
 ROUNDINGS = ('nearest', 'stochastic')
@@ -100,6 +102,42 @@ def quantize_tensor(w: torch.Tensor, bits: int, symmetric: bool = True, per_chan
     s, zp = qparams(w, bits, symmetric, per_channel)
     return fake_quant(w, s, zp, *qrange(bits, symmetric), rounding)
 
+# %% ../nbs/02_quantize.ipynb #7b345205
+def zero_fraction(wq: torch.Tensor) -> float:
+    "The share of the entries of the quantized weight `wq` that are exactly zero."
+    return (wq == 0).float().mean().item()
+
+# %% ../nbs/02_quantize.ipynb #4b59c68e
+GRIDS = ('max', 'twn')
+
+def twn_qparams(w: torch.Tensor, per_channel: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    "TWN's threshold Δ = 0.7·mean|w| and level α = the mean |w| above Δ, per tensor or per output row."
+    a = w.detach().abs()
+    a2 = a.reshape(a.shape[0], -1) if per_channel else a.reshape(1, -1)
+    delta = 0.7 * a2.mean(1, keepdim=True)
+    keep = a2 > delta
+    alpha = (a2 * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp(min=1)
+    shape = (-1,) + (1,) * (w.dim() - 1) if per_channel else ()
+    return delta.reshape(shape), alpha.reshape(shape)
+
+def twn_qweight(w: torch.Tensor, per_channel: bool = False) -> QWeight:
+    "TWN's ternary `w` as 2-bit codes (1, 2, 3 for −α, 0, α; zero point 2) with scale α."
+    delta, alpha = twn_qparams(w, per_channel)
+    wd = w.detach()
+    codes = (2 + torch.sign(wd) * (wd.abs() > delta)).to(torch.uint8)
+    return QWeight(codes, 2, alpha, torch.full_like(alpha, 2.))
+
+class TernarySTE(torch.autograd.Function):
+    "Forward: the given ternary weight; backward: the gradient passed straight through to the latent weight."
+    @staticmethod
+    def forward(ctx, w, wq): return wq.clone()
+    @staticmethod
+    def backward(ctx, g): return g, None
+
+def twn_quantize(w: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
+    "`w` on TWN's ternary grid, with a straight-through gradient."
+    return TernarySTE.apply(w, twn_qweight(w, per_channel).dequantize())
+
 # %% ../nbs/02_quantize.ipynb #01236566
 def _check_flag(value, name: str, meaning: str) -> bool:
     if not isinstance(value, bool): raise ValueError(f"{name} must be a bool ({meaning}), got {value!r}")
@@ -112,13 +150,21 @@ def check_weight_settings(bits, symmetric, per_channel, rounding) -> dict:
                 symmetric=_check_flag(symmetric, 'symmetric', 'True: symmetric grid, False: asymmetric'),
                 per_channel=_check_flag(per_channel, 'per_channel', 'granularity: False per tensor, True per output channel'))
 
+def check_grid(grid, bits, symmetric, rounding) -> str:
+    "`grid` (one of `GRIDS`) if the other settings allow it: TWN's grid is ternary, symmetric and rounds by its threshold."
+    check_choice('grid', grid, GRIDS)
+    if grid == 'twn' and (bits != 2 or not symmetric or rounding != 'nearest'):
+        raise ValueError(f"grid 'twn' is ternary: it needs bits=2, symmetric=True, rounding='nearest', got {bits!r}, {symmetric!r}, {rounding!r}")
+    return grid
+
 # %% ../nbs/02_quantize.ipynb #142fbfe1
 class QuantLinear(QuantizedLinear):
     "An `nn.Linear` whose forward uses its latent weight fake-quantized to `bits` bits (nearest rounding at eval)."
     def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 8, symmetric: bool = True,
-                 per_channel: bool = False, rounding: str = 'nearest', device=None, dtype=None):
+                 per_channel: bool = False, rounding: str = 'nearest', grid: str = 'max', device=None, dtype=None):
         super().__init__(in_features, out_features, bias, device, dtype)
         for k, v in check_weight_settings(bits, symmetric, per_channel, rounding).items(): setattr(self, k, v)
+        self.grid = check_grid(grid, self.bits, self.symmetric, self.rounding)
         self.quant_enabled = True
 
     @classmethod
@@ -132,6 +178,7 @@ class QuantLinear(QuantizedLinear):
     def quantized_weight(self) -> torch.Tensor:
         "The weight `forward` uses: fake-quantized (stochastic rounding only in training), or latent when off."
         if not self.quant_enabled: return self.weight
+        if self.grid == 'twn': return twn_quantize(self.weight, self.per_channel)
         return quantize_tensor(self.weight, self.bits, self.symmetric, self.per_channel,
                                self.rounding if self.training else 'nearest')
 
@@ -141,7 +188,8 @@ class QuantLinear(QuantizedLinear):
 
     def extra_repr(self):
         return (f"{super().extra_repr()}, bits={self.bits}, granularity={'per-channel' if self.per_channel else 'per-tensor'}, "
-                f"symmetric={self.symmetric}, rounding={self.rounding}" + ('' if self.quant_enabled else ', quant_enabled=False'))
+                f"symmetric={self.symmetric}, rounding={self.rounding}" + (f', grid={self.grid}' if self.grid != 'max' else '')
+                + ('' if self.quant_enabled else ', quant_enabled=False'))
 
 # %% ../nbs/02_quantize.ipynb #e4bb7ae5
 def quantize_codes(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int) -> torch.Tensor:
@@ -151,6 +199,7 @@ def quantize_codes(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int) -> 
 @patch
 def qweight(self: QuantLinear) -> QWeight:
     "The quantized weight as integer codes with their scale and zero point."
+    if self.grid == 'twn': return twn_qweight(self.weight, self.per_channel)
     s, zp = qparams(self.weight, self.bits, self.symmetric, self.per_channel)
     return QWeight(quantize_codes(self.weight, s, zp, *qrange(self.bits, self.symmetric)), self.bits, s, zp)
 
@@ -165,7 +214,8 @@ def to_linear(self: QuantLinear, bake: bool = True) -> nn.Linear:
 
 # %% ../nbs/02_quantize.ipynb #b0ec27f6
 def quantize_(model: nn.Module, parts='all', bits: int = 8, symmetric: bool = True, per_channel: bool = False,
-              rounding: str = 'nearest') -> list[str]:
+              rounding: str = 'nearest', grid: str = 'max') -> list[str]:
     "Quantize the weights of the Linear layers chosen by `parts` in place (trained weights kept); returns their names."
     settings = check_weight_settings(bits, symmetric, per_channel, rounding)
+    settings['grid'] = check_grid(grid, settings['bits'], symmetric, rounding)
     return replace_linears_(model, parts, lambda name, lin: QuantLinear.from_linear(lin, **settings))
