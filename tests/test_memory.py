@@ -1,5 +1,7 @@
 """Property tests for tq_nb.memory: exact pack/unpack round trips for every bit width, hand-counted sizes,
 ratio 1.0 with nothing quantized, exact checkpoint round trips for every method, and clean failures on bad files."""
+import subprocess, sys
+
 import torch
 from hypothesis import given, settings, strategies as st
 from tq_nb.memory import pack_bits, unpack_bits, packed_nbytes, packed_width
@@ -194,3 +196,12 @@ def test_every_method_round_trips_exactly(method, tmp_path):
     assert checkpoint_sizes(tmp_path/'m.safetensors')['data'] == model_size(a).loc['total', 'bytes']
     b = load_packed(_method_model(method, 1), tmp_path/'m.safetensors')
     assert torch.equal(_out(b), _out(a))
+
+
+def test_profiling_prints_nothing():
+    "activation_memory on a CPU machine leaves no profiler log lines (profiler_start/stop, gpuGetDeviceCount) on stderr."
+    code = ("import torch; from tq_nb.transformer import build_model; from tq_nb.memory import activation_memory; "
+            "activation_memory(build_model('tiny', n_classes=3, vocab_size=50), batch=2); print('ok')")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == 'ok', r.stderr
+    assert 'profiler_start' not in r.stderr and 'gpuGetDeviceCount' not in r.stderr, r.stderr

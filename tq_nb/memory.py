@@ -16,8 +16,8 @@ from .transformer import QWeight, param_counts, part_group
 # %% auto #0
 __all__ = ['PACK_WIDTHS', 'CHECKPOINT_FORMAT', 'packed_width', 'packed_nbytes', 'pack_bits', 'unpack_bits', 'param_table',
            'quantized_layers', 'size_breakdown', 'model_size', 'packed_tensors', 'CheckpointError', 'save_packed',
-           'checkpoint_sizes', 'load_packed', 'example_batch', 'activation_memory', 'resident_bytes', 'activation_bits',
-           'memory_table']
+           'checkpoint_sizes', 'load_packed', 'example_batch', 'quiet_profiler_logs', 'activation_memory',
+           'resident_bytes', 'activation_bits', 'memory_table']
 
 # %% ../nbs/05_memory.ipynb #903b6de8
 PACK_WIDTHS = (1, 2, 4, 8)
@@ -353,11 +353,32 @@ def example_batch(model: nn.Module, batch: int = 32, seq_len: int | None = None,
         x, mask = torch.randint(1, cfg.vocab_size, (batch, seq_len), generator=g), torch.ones(batch, seq_len, dtype=torch.bool)
     return tuple(None if t is None else t.to(dev) for t in (x, mask, y))
 
+# %% ../nbs/05_memory.ipynb #12793335
+import contextlib, os, re, sys, tempfile
+
+_KINETO_LINE = re.compile(r'^(USDT|INFO|WARNING|ERROR):\S+ \S+ \d+:\d+ \w+\.cpp:\d+\] ')
+
+@contextlib.contextmanager
+def quiet_profiler_logs():
+    "Inside the block, drop kineto's own log lines from the process's stderr; every other line is written back."
+    try: fd = sys.__stderr__.fileno()
+    except (AttributeError, ValueError, OSError): yield; return   # no file descriptor to filter
+    sys.__stderr__.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try: yield
+        finally:
+            os.dup2(saved, fd); os.close(saved)
+            tmp.seek(0)
+            kept = [l for l in tmp.read().decode(errors='replace').splitlines(keepends=True) if not _KINETO_LINE.match(l)]
+            if kept: os.write(fd, ''.join(kept).encode())
+
 # %% ../nbs/05_memory.ipynb #85d8eb0d
 def _profiled_peak(fn, device: torch.device) -> int:
     "Peak of the running sum of allocations minus frees that `fn()` makes on `device`, from the profiler's records."
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
-    with profile(activities=acts, profile_memory=True) as prof: fn()
+    with quiet_profiler_logs(), profile(activities=acts, profile_memory=True) as prof: fn()
     kind = 'CUDA' if device.type == 'cuda' else 'CPU'
     evs = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]' and e.device_type().name == kind),
                  key=lambda e: e.start_ns())

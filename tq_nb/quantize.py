@@ -161,7 +161,7 @@ def check_grid(grid, bits, symmetric, rounding) -> str:
 class QuantLinear(QuantizedLinear):
     "An `nn.Linear` whose forward uses its latent weight fake-quantized to `bits` bits (nearest rounding at eval)."
     def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 8, symmetric: bool = True,
-                 per_channel: bool = False, rounding: str = 'nearest', grid: str = 'max', device=None, dtype=None):
+                 per_channel: bool = False, rounding: str = 'nearest', device=None, dtype=None, grid: str = 'max'):
         super().__init__(in_features, out_features, bias, device, dtype)
         for k, v in check_weight_settings(bits, symmetric, per_channel, rounding).items(): setattr(self, k, v)
         self.grid = check_grid(grid, self.bits, self.symmetric, self.rounding)
