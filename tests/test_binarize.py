@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import assume, given, settings, strategies as st
 from torch import nn
 
-from tq_nb.binarize import (METHODS, PATTERNS, BinaryLinear, IRNetSign, SignEDE, SignSTE, binarize_, ede_grad,
+from tq_nb.binarize import (EDE_METHODS, METHODS, PATTERNS, BinaryLinear, IRNetSign, SignEDE, SignSTE, binarize_, ede_grad,
                             ir_net_t, libra_pb, set_ir_net_epoch_, sign)
 from tq_nb.transformer import build_model, select_linears, set_quant_, strip_quant_
 
@@ -70,6 +70,9 @@ def test_each_channel_holds_plus_or_minus_alpha(w, method):
         if method == 'irnet':  # a power of two, or 0 for a channel with no spread
             pos = alpha[alpha > 0]
             assert torch.equal(pos.log2(), pos.log2().round())
+        if method == 'irnet_scaled':  # IR-Net's power of two times the channel's std
+            _, s, std = libra_pb(w)
+            assert torch.equal(alpha, s * std)
 
 
 @settings(**SETTINGS)
@@ -191,7 +194,7 @@ def test_binarize_by_pattern_keeps_weights_and_replaces_exactly_the_selection(pa
     with torch.no_grad():
         assert torch.isfinite(model(ids)).all()
         n_ir = set_ir_net_epoch_(model, 1, 2)
-        assert n_ir == (len(names) if method == 'irnet' else 0)
+        assert n_ir == (len(names) if method in EDE_METHODS else 0)
         set_quant_(model, False)
         assert torch.equal(model(ids), build_model('tiny', n_classes=4, vocab_size=50, seed=0).eval()(ids))
         set_quant_(model, True)

@@ -14,8 +14,8 @@ from torch import nn
 from .transformer import POST_RELU_PARTS, QWeight, QuantizedLinear, part_name, replace_linears_
 
 # %% auto #0
-__all__ = ['METHODS', 'PATTERNS', 'sign', 'ede_grad', 'SignSTE', 'SignEDE', 'ir_net_t', 'libra_pb', 'IRNetSign', 'binary_sign',
-           'BinaryLinear', 'binarize_', 'set_ir_net_epoch_']
+__all__ = ['METHODS', 'EDE_METHODS', 'PATTERNS', 'sign', 'ede_grad', 'SignSTE', 'SignEDE', 'ir_net_t', 'ir_net_step_epoch',
+           'libra_pb', 'IRNetSign', 'binary_sign', 'BinaryLinear', 'binarize_', 'set_ir_net_epoch_']
 
 # %% ../nbs/04_binarize.ipynb #699939cd
 def sign(x: torch.Tensor) -> torch.Tensor:
@@ -66,6 +66,15 @@ def ir_net_t(epoch, epochs: int, t_min: float = 0.1, t_max: float = 10.0) -> tup
     t = t_min * 10 ** (epoch / epochs * math.log10(t_max / t_min))
     return t, max(1 / t, 1.0)
 
+# %% ../nbs/04_binarize.ipynb #b2eeb3b9
+def ir_net_step_epoch(step: int, steps: int, epochs: int) -> float:
+    "The fractional epoch of optimizer `step` (0-based) of `steps`, for EDE per step: 0 at the first step, `epochs` at the last."
+    for name, v, lo in (('steps', steps, 1), ('epochs', epochs, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo: raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < steps:
+        raise ValueError(f"step must be an int in 0..{steps - 1} (steps - 1), got {step!r}")
+    return epochs * step / max(steps - 1, 1)
+
 # %% ../nbs/04_binarize.ipynb #0a0de11e
 def libra_pb(w: torch.Tensor, eps: float = 1e-8) -> tuple:
     "Libra-PB of each row of `w`: `(ŵ, s, std)` with ŵ = (w − mean)/std and s = 2^round(log2(mean|ŵ|))."
@@ -76,10 +85,11 @@ def libra_pb(w: torch.Tensor, eps: float = 1e-8) -> tuple:
 
 # %% ../nbs/04_binarize.ipynb #6adb657e
 class IRNetSign(torch.autograd.Function):
-    "IR-Net's binary weight: forward sign(ŵ)·s (Libra-PB), backward EDE through the standardization."
+    "IR-Net's binary weight: forward sign(ŵ)·s (Libra-PB), times the row's std if `restore`; backward EDE through the standardization."
     @staticmethod
-    def forward(ctx, w, t: float, k: float):
+    def forward(ctx, w, t: float, k: float, restore: bool = False):
         wh, s, std = libra_pb(w)
+        if restore: s = s * std
         ctx.save_for_backward(wh, s, std)
         ctx.t, ctx.k = t, k
         return sign(wh) * s
@@ -87,17 +97,18 @@ class IRNetSign(torch.autograd.Function):
     def backward(ctx, g):
         wh, s, std = ctx.saved_tensors
         g = _ede_backward(g * s, wh, ctx.t, ctx.k)
-        return (g - g.mean(1, keepdim=True) - wh * (g * wh).mean(1, keepdim=True)) / std, None, None
+        return (g - g.mean(1, keepdim=True) - wh * (g * wh).mean(1, keepdim=True)) / std, None, None, None
 
 # %% ../nbs/04_binarize.ipynb #a4882859
-METHODS = ('basic', 'scaled', 'irnet')
+METHODS = ('basic', 'scaled', 'irnet', 'irnet_scaled')
+EDE_METHODS = ('irnet', 'irnet_scaled')  # the methods with EDE's surrogate and its t/k schedule
 
 def _check_method(method):
     if method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 def binary_sign(x: torch.Tensor, method: str = 'basic', t: float = 1.0, k: float = 1.0) -> torch.Tensor:
-    "sign(x) with `method`'s surrogate gradient: EDE(t, k) for 'irnet', the clipped STE otherwise."
-    return SignEDE.apply(x, t, k) if method == 'irnet' else SignSTE.apply(x)
+    "sign(x) with `method`'s surrogate gradient: EDE(t, k) for the IR-Net methods, the clipped STE otherwise."
+    return SignEDE.apply(x, t, k) if method in EDE_METHODS else SignSTE.apply(x)
 
 # %% ../nbs/04_binarize.ipynb #5fe1fb79
 class BinaryLinear(QuantizedLinear):
@@ -122,10 +133,15 @@ class BinaryLinear(QuantizedLinear):
             if lin.bias is not None: new.bias.copy_(lin.bias)
         return new.train(lin.training)
 
+    @property
+    def uses_ede(self) -> bool:
+        "Whether this layer trains with EDE and follows its t/k schedule (the IR-Net methods)."
+        return self.method in EDE_METHODS
+
     def binary_weight(self) -> torch.Tensor:
         "The binarized weight the forward pass uses, differentiable (by the surrogate) w.r.t. `.weight`."
         w = self.weight
-        if self.method == 'irnet': return IRNetSign.apply(w, self.t, self.k)
+        if self.uses_ede: return IRNetSign.apply(w, self.t, self.k, self.method == 'irnet_scaled')
         b = SignSTE.apply(w)
         return b * w.abs().mean(1, keepdim=True) if self.method == 'scaled' else b
 
@@ -142,7 +158,7 @@ class BinaryLinear(QuantizedLinear):
     def extra_repr(self):
         s = f"{super().extra_repr()}, method={self.method}"
         if self.binarize_act: s += ", act={0,1}" if self.post_relu else ", act=±1"
-        if self.method == 'irnet': s += f", t={self.t:.3g}, k={self.k:.3g}"
+        if self.uses_ede: s += f", t={self.t:.3g}, k={self.k:.3g}"
         return s
 
 # %% ../nbs/04_binarize.ipynb #79a791d2
@@ -150,9 +166,9 @@ class BinaryLinear(QuantizedLinear):
 @torch.no_grad()
 def _codes_and_alpha(self: BinaryLinear):
     w = self.weight
-    if self.method == 'irnet':
-        wh, s, _ = libra_pb(w)
-        return wh >= 0, s
+    if self.uses_ede:
+        wh, s, std = libra_pb(w)
+        return wh >= 0, s * std if self.method == 'irnet_scaled' else s
     alpha = w.abs().mean(1, keepdim=True) if self.method == 'scaled' else w.new_ones(w.shape[0], 1)
     return w >= 0, alpha
 
@@ -187,8 +203,8 @@ def binarize_(model: nn.Module, parts='all|~cls.final', method: str = 'basic', b
     return replace_linears_(model, PATTERNS.get(parts, parts), make)
 
 def set_ir_net_epoch_(model: nn.Module, epoch, epochs: int, t_min: float = 0.1, t_max: float = 10.0) -> int:
-    "Set EDE's (t, k) for `epoch` of `epochs` in every IR-Net layer of `model`; returns how many were set."
+    "Set EDE's (t, k) for `epoch` (may be fractional) of `epochs` in every IR-Net layer of `model`; returns how many were set."
     t, k = ir_net_t(epoch, epochs, t_min, t_max)
-    mods = [m for m in model.modules() if isinstance(m, BinaryLinear) and m.method == 'irnet']
+    mods = [m for m in model.modules() if isinstance(m, BinaryLinear) and m.uses_ede]
     for m in mods: m.t, m.k = t, k
     return len(mods)
