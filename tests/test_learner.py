@@ -2,7 +2,7 @@
 the baseline learns, runs are reproducible, a latent run equals the full-precision run before its switch, and a
 run interrupted (by an exception, by Ctrl-C mid-epoch, or by SIGKILL of its process) resumes to exactly the
 numbers of a run that never stopped."""
-import os, random, signal, subprocess, sys, textwrap, time
+import math, os, random, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 
 import numpy as np
@@ -215,6 +215,18 @@ def test_ir_net_schedule_called_per_epoch(dls):
     learn.fit()
     assert seen == [binarize.ir_net_t(e, 3)[0] for e in range(3)]
     assert not has_ir_net(tiny(dls)) and not ir_net_schedule_(tiny(dls), 0, 3)
+
+
+def test_ir_net_schedule_per_step_rises_from_t_min_to_t_max(dls):
+    binarize = pytest.importorskip('tq_nb.binarize')
+    m = tiny(dls)
+    binarize.binarize_(m, 'all|~cls.final', method='irnet_scaled')
+    seen = []
+    m.layers[0].ffn.w1.register_forward_pre_hook(lambda mod, inp: seen.append(mod.t) if mod.training else None)
+    Learner(m, dls, epochs=2, lr=3e-3, ir_net_per='step', progress=False).fit()
+    steps = 2 * len(dls.train)
+    assert seen == [binarize.ir_net_t(binarize.ir_net_step_epoch(s, steps, 2), 2)[0] for s in range(steps)]
+    assert math.isclose(seen[0], 0.1) and math.isclose(seen[-1], 10.0)
 
 
 def test_bad_arguments(dls):

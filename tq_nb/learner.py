@@ -20,9 +20,9 @@ from .data import atomic_write_bytes
 from .transformer import set_quant_
 
 # %% auto #0
-__all__ = ['available_devices', 'get_device', 'seed_everything_', 'get_rng_state', 'set_rng_state_', 'to_device', 'evaluate',
-           'has_ir_net', 'ir_net_schedule_', 'load_state', 'init_from_checkpoint_', 'default_milestones', 'Learner',
-           'bars_visible', 'quant_active', 'select_best', 'save_atomic']
+__all__ = ['IR_NET_PER', 'available_devices', 'get_device', 'seed_everything_', 'get_rng_state', 'set_rng_state_', 'to_device',
+           'evaluate', 'has_ir_net', 'ir_net_schedule_', 'load_state', 'init_from_checkpoint_', 'default_milestones',
+           'Learner', 'bars_visible', 'quant_active', 'select_best', 'save_atomic']
 
 # %% ../nbs/06_learner.ipynb #916a751e
 def available_devices() -> list:
@@ -90,12 +90,14 @@ def evaluate(model: nn.Module, dl, device='cpu') -> tuple:
     return loss / n, correct / n
 
 # %% ../nbs/06_learner.ipynb #665477b8
-def has_ir_net(model: nn.Module) -> bool:
-    "Whether `model` has IR-Net layers: modules with `method == 'irnet'` and an EDE temperature `t`."
-    return any(getattr(m, 'method', None) == 'irnet' and hasattr(m, 't') for m in model.modules())
+IR_NET_PER = ('epoch', 'step')
 
-def ir_net_schedule_(model: nn.Module, epoch: int, epochs: int) -> bool:
-    "Set the EDE temperature of `model`'s IR-Net layers for `epoch` (0-based) of `epochs`; False if it has none."
+def has_ir_net(model: nn.Module) -> bool:
+    "Whether `model` has IR-Net layers: modules that say they use EDE (`uses_ede`) and carry an EDE temperature `t`."
+    return any(getattr(m, 'uses_ede', False) and hasattr(m, 't') for m in model.modules())
+
+def ir_net_schedule_(model: nn.Module, epoch, epochs: int) -> bool:
+    "Set the EDE temperature of `model`'s IR-Net layers for `epoch` (0-based, may be fractional) of `epochs`; False if it has none."
     if not has_ir_net(model): return False
     from tq_nb.binarize import set_ir_net_epoch_
     set_ir_net_epoch_(model, epoch, epochs)
@@ -127,7 +129,7 @@ def default_milestones(epochs: int) -> list:
 class Learner:
     "Trains `model` on `dls` with Adam, MultiStepLR and gradient clipping; logs, selects on validation, checkpoints."
     def __init__(self, model: nn.Module, dls, epochs: int = 6, lr: float = 1e-3, milestones=None, gamma: float = 0.1,
-                 clip: float | None = 1.0, weight_decay: float = 0.0, seed: int = 0, latent_epochs: int = 0,
+                 clip: float | None = 1.0, weight_decay: float = 0.0, seed: int = 0, latent_epochs: int = 0, ir_net_per: str = 'epoch',
                  on_quant_start=None, log_every: int = 50, log_path=None, ckpt_dir=None, device='cpu',
                  progress: bool = True):
         if not (isinstance(epochs, int) and epochs > 0): raise ValueError(f"epochs must be a positive int, got {epochs!r}")
@@ -137,11 +139,12 @@ class Learner:
         if clip is not None and not clip > 0: raise ValueError(f"clip must be > 0 or None, got {clip!r}")
         if not (isinstance(log_every, int) and log_every > 0): raise ValueError(f"log_every must be a positive int, got {log_every!r}")
         if not (isinstance(seed, int) and seed >= 0): raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        if ir_net_per not in IR_NET_PER: raise ValueError(f"ir_net_per must be one of {IR_NET_PER}, got {ir_net_per!r}")
         self.device = get_device(device)
         self.model, self.dls = model.to(self.device), dls
         self.epochs, self.lr, self.gamma, self.clip, self.weight_decay = epochs, lr, gamma, clip, weight_decay
         self.milestones = default_milestones(epochs) if milestones is None else sorted(int(m) for m in milestones)
-        self.seed, self.latent_epochs, self.on_quant_start = seed, latent_epochs, on_quant_start
+        self.seed, self.latent_epochs, self.on_quant_start, self.ir_net_per = seed, latent_epochs, on_quant_start, ir_net_per
         self.log_every, self.progress = log_every, progress
         self.log_path = None if log_path is None else Path(log_path)
         self.ckpt_dir = None if ckpt_dir is None else Path(ckpt_dir)
@@ -151,7 +154,8 @@ class Learner:
 
     def __repr__(self):
         return (f"Learner({type(self.model).__name__}, epochs={self.epochs}, lr={self.lr}, milestones={self.milestones}, "
-                f"clip={self.clip}, seed={self.seed}, latent_epochs={self.latent_epochs}, device='{self.device}')")
+                f"clip={self.clip}, seed={self.seed}, latent_epochs={self.latent_epochs}, "
+                + ("ir_net_per='step', " if self.ir_net_per == 'step' else '') + f"device='{self.device}')")
 
 # %% ../nbs/06_learner.ipynb #9bc7af30
 def bars_visible() -> bool:
@@ -172,8 +176,11 @@ def train_epoch(self: Learner, epoch: int, mb=None) -> tuple:
     batches = progress_bar(dl, parent=mb) if mb is not None else dl
     tot, win, t0 = [0., 0, 0], [0., 0, 0], time.time()
     plain, last_print = self.progress and mb is None, time.time()
+    per_step = self.ir_net_per == 'step' and has_ir_net(self.model)
+    if per_step: from tq_nb.binarize import ir_net_step_epoch
     for i, batch in enumerate(batches):
         *xs, y = to_device(batch, self.device)
+        if per_step: ir_net_schedule_(self.model, ir_net_step_epoch(self.step, self.epochs * len(dl), self.epochs), self.epochs)
         out = self.model(*xs)
         loss = F.cross_entropy(out, y)
         self.opt.zero_grad(set_to_none=True)
@@ -206,11 +213,11 @@ def quant_active(model: nn.Module) -> bool:
 
 @patch
 def before_epoch(self: Learner, epoch: int):
-    "Apply the latent-quantization switch and IR-Net's schedule for `epoch` (0-based)."
+    "Apply the latent-quantization switch and (per epoch) IR-Net's schedule for `epoch` (0-based)."
     if self.latent_epochs:
         set_quant_(self.model, self.quant_on(epoch))
         if epoch == self.latent_epochs and self.on_quant_start is not None: self.on_quant_start(self.model)
-    ir_net_schedule_(self.model, epoch, self.epochs)
+    if self.ir_net_per == 'epoch': ir_net_schedule_(self.model, epoch, self.epochs)
 
 # %% ../nbs/06_learner.ipynb #1d447659
 @patch
@@ -252,9 +259,11 @@ def save_atomic(obj, path) -> Path:
 @patch
 def signature(self: Learner) -> dict:
     "The settings a checkpoint must share with this learner to be resumed by it."
-    return dict(epochs=self.epochs, lr=self.lr, milestones=self.milestones, gamma=self.gamma, clip=self.clip,
-                weight_decay=self.weight_decay, seed=self.seed, latent_epochs=self.latent_epochs,
-                params=[[k, list(v.shape)] for k, v in self.model.state_dict().items()])
+    sig = dict(epochs=self.epochs, lr=self.lr, milestones=self.milestones, gamma=self.gamma, clip=self.clip,
+               weight_decay=self.weight_decay, seed=self.seed, latent_epochs=self.latent_epochs,
+               params=[[k, list(v.shape)] for k, v in self.model.state_dict().items()])
+    if self.ir_net_per != 'epoch': sig['ir_net_per'] = self.ir_net_per  # absent by default: older checkpoints still resume
+    return sig
 
 # %% ../nbs/06_learner.ipynb #3af16d60
 @patch
