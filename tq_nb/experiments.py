@@ -20,17 +20,18 @@ from .learner import Learner, default_milestones, get_device, init_from_checkpoi
 from .transformer import PRESETS, build_model
 
 # %% auto #0
-__all__ = ['METHODS', 'BINARIZERS', 'EXPERIMENTS', 'ORIGINAL_ROWS', 'EXP1', 'EXP2', 'EXP3', 'SUITES', 'PATTERN_CHOICES',
-           'Experiment', 'check_experiment', 'experiment_parts', 'get_experiment', 'experiments_table', 'Suite',
-           'get_suite', 'suite_experiments', 'run_tag', 'default_res_dir', 'result_path', 'ckpt_path', 'load_data',
-           'apply_method_', 'calibration_batches', 'calibrate_model_', 'build_variant', 'run_config', 'train_command',
-           'environment', 'read_result', 'write_json', 'RunInProgress', 'lock_run', 'prepare_ckpt_dir',
-           'run_experiment', 'fp_checkpoint', 'run_suite', 'load_results', 'summary_table', 'format_summary',
-           'experiment_from_flags', 'tq_train', 'list_text', 'tq_experiments']
+__all__ = ['METHODS', 'BINARIZERS', 'EDE_BINARIZERS', 'EXPERIMENTS', 'ORIGINAL_ROWS', 'EXP1', 'BIN_SCALED_PARTS', 'EXP2', 'EXP3',
+           'SUITES', 'PATTERN_CHOICES', 'Experiment', 'check_experiment', 'experiment_parts', 'get_experiment',
+           'experiments_table', 'Suite', 'get_suite', 'suite_experiments', 'run_tag', 'default_res_dir', 'result_path',
+           'ckpt_path', 'load_data', 'apply_method_', 'calibration_batches', 'calibrate_model_', 'build_variant',
+           'run_config', 'train_command', 'environment', 'read_result', 'write_json', 'RunInProgress', 'lock_run',
+           'prepare_ckpt_dir', 'run_experiment', 'fp_checkpoint', 'run_suite', 'load_results', 'summary_table',
+           'format_summary', 'experiment_from_flags', 'tq_train', 'list_text', 'tq_experiments']
 
 # %% ../nbs/07_experiments.ipynb #285944a1
 METHODS = ('fp', 'quantize', 'fully', 'binarize')
-BINARIZERS = ('basic', 'scaled', 'irnet')
+BINARIZERS = ('basic', 'scaled', 'irnet', 'irnet_scaled')
+EDE_BINARIZERS = ('irnet', 'irnet_scaled')  # the binarizers with IR-Net's t/k schedule
 
 @dataclass(frozen=True)
 class Experiment:
@@ -44,6 +45,7 @@ class Experiment:
     lsq: bool = False
     pretrained: bool = False
     latent_epochs: int = 0
+    ir_net_per: str = 'epoch'
     dataset: str = 'wordnet'
     preset: str | None = None
     epochs: int | None = None
@@ -72,6 +74,9 @@ def check_experiment(e: Experiment) -> Experiment:
     if e.method == 'fp' and (e.pattern is not None or e.pretrained or e.latent_epochs):
         bad("a full-precision model takes no pattern, pretrained or latent_epochs")
     if not (isinstance(e.latent_epochs, int) and e.latent_epochs >= 0): bad(f"latent_epochs must be an int >= 0, got {e.latent_epochs!r}")
+    if e.ir_net_per not in ('epoch', 'step'): bad(f"ir_net_per must be 'epoch' or 'step', got {e.ir_net_per!r}")
+    if e.ir_net_per != 'epoch' and not (e.method == 'binarize' and e.binarizer in EDE_BINARIZERS):
+        bad(f"ir_net_per {e.ir_net_per!r} needs method 'binarize' with a binarizer of {EDE_BINARIZERS}")
     if e.dataset not in DATASETS: bad(f"dataset must be one of {DATASETS}, got {e.dataset!r}")
     if e.preset is not None and e.preset not in PRESETS: bad(f"preset must be one of {list(PRESETS)}, got {e.preset!r}")
     if e.epochs is not None and not (isinstance(e.epochs, int) and e.epochs > e.latent_epochs):
@@ -100,11 +105,15 @@ def _registry() -> dict:
                about=f'weights {w}-bit, activations {a}-bit, ' + ('learned step sizes (LSQ)' if lsq else 'EMA ranges'))
              for lsq in (False, True) for w, a, o in ((8, 8, 83.2), (4, 8, None), (4, 4, None))]
     exps += [E(n, 'binarize', binarizer=b, original=o, about=f'{b} binarization, all but the final layer')
-             for n, b, o in (('bin', 'basic', 83.7), ('bin_scaled', 'scaled', None), ('irnet', 'irnet', 85.6))]
+             for n, b, o in (('bin', 'basic', 83.7), ('bin_scaled', 'scaled', None), ('irnet', 'irnet', 85.6),
+                             ('irnet_scaled', 'irnet_scaled', None))]
+    exps += [E('irnet_scaled_step', 'binarize', binarizer='irnet_scaled', ir_net_per='step',
+               about="irnet_scaled binarization, all but the final layer; EDE's t/k stepped per optimizer step")]
     parts = (('MHA', 86.9, 'attention'), ('FFN', 91.4, 'feed-forward'), ('CLS', 89.8, 'classifier, final layer included'),
              ('ALL_FINAL', 25.0, 'all, final layer included'), ('QK', None, 'attention Q and K only'),
              ('QV', None, 'attention Q and V only'), ('KV', None, 'attention K and V only'))
-    exps += [E(f'bin_{p.lower()}', 'binarize', pattern=p, original=o, about=f'basic binarization: {a}') for p, o, a in parts]
+    exps += [E(f'{n}_{p.lower()}', 'binarize', binarizer=b, pattern=p, original=o if b == 'basic' else None, about=f'{b} binarization: {a}')
+             for n, b in (('bin', 'basic'), ('bin_scaled', 'scaled')) for p, o, a in parts]
     # the original's "Q,K only / Q,V / K,V" rows: all but the final layer, attention keeping the third of Q, K, V and O in FP
     keep = (('qk', 'ALL_QK', 89.3), ('qv', 'all|~cls.final|~mha.k|~mha.o', 86.7), ('kv', 'all|~cls.final|~mha.q|~mha.o', 86.2))
     exps += [E(f'bin_all_{n}', 'binarize', pattern=p, original=o, about=f'basic binarization: all but final, attention only {n.upper()}')
@@ -132,7 +141,7 @@ def get_experiment(name: str) -> Experiment:
 
 def experiments_table(names=None) -> pd.DataFrame:
     "The registry (or the experiments `names`) as a table, one row per experiment."
-    cols = ['method', 'bits', 'a_bits', 'pattern', 'binarizer', 'lsq', 'pretrained', 'latent_epochs', 'original', 'about']
+    cols = ['method', 'bits', 'a_bits', 'pattern', 'binarizer', 'lsq', 'pretrained', 'latent_epochs', 'ir_net_per', 'original', 'about']
     rows = [get_experiment(n) for n in (names or EXPERIMENTS)]
     df = pd.DataFrame([{c: getattr(e, c) for c in cols} for e in rows], index=pd.Index([e.name for e in rows], name='experiment'))
     return df.astype({'bits': 'Int64', 'a_bits': 'Int64'})
@@ -150,9 +159,11 @@ class Suite:
 
 ORIGINAL_ROWS = ('fp', 'w8', 'w4', 'w2', 'w8a8', 'bin', 'irnet', 'bin_mha', 'bin_ffn', 'bin_cls', 'bin_all_final',
                  'bin_all_qk', 'bin_all_qv', 'bin_all_kv', 'w8a8_pre', 'w8a8_latent', 'bin_pre', 'bin_latent')
-EXP1 = ('fp', 'w8', 'w4', 'w2', 'w8a8', 'w4a8', 'w4a4', 'w8a8_lsq', 'w4a8_lsq', 'w4a4_lsq', 'bin', 'bin_scaled', 'irnet')
+EXP1 = ('fp', 'w8', 'w4', 'w2', 'w8a8', 'w4a8', 'w4a4', 'w8a8_lsq', 'w4a8_lsq', 'w4a4_lsq', 'bin', 'bin_scaled', 'irnet',
+        'irnet_scaled', 'irnet_scaled_step')
+BIN_SCALED_PARTS = tuple(n for n, e in EXPERIMENTS.items() if e.binarizer == 'scaled' and e.pattern is not None)
 EXP2 = ('fp', 'bin', 'bin_mha', 'bin_ffn', 'bin_cls', 'bin_all_final', 'bin_all_qk', 'bin_all_qv', 'bin_all_kv',
-        'bin_qk', 'bin_qv', 'bin_kv',
+        'bin_qk', 'bin_qv', 'bin_kv', 'bin_scaled', *BIN_SCALED_PARTS,
         *(f'w{b}_{p}' for b in (4, 2) for p in ('mha', 'ffn', 'cls', 'all', 'all_final', 'qk', 'qv', 'kv')))
 EXP3 = ('fp', 'w8a8', 'bin', 'irnet', *(f'{b}_{t}' for b in ('w8a8', 'bin', 'irnet') for t in ('pre', 'latent', 'pre_latent')),
         'w8a8_latent2', 'w8a8_latent3', 'bin_latent2', 'bin_latent3')
@@ -168,8 +179,8 @@ SUITES = {s.name: s for s in [
     Suite('vision_exp2', ('fp', 'bin', 'bin_mha', 'bin_ffn', 'bin_cls', 'bin_all_qk', 'bin_all_qv', 'bin_all_kv'), dataset='fashion_mnist', train_limit=20000,
           about='EXP2 sensitivity on Fashion-MNIST'),
     # the study on models that have learned (run with --preset base): all the data, the epochs where doubling gains < 1 point
-    Suite('study', (*ORIGINAL_ROWS[:7], 'bin_scaled', *ORIGINAL_ROWS[7:]),
-          about="the original's rows and scaled binarization on all glosses; --preset base trains 6 epochs (the budget study's plateau)"),
+    Suite('study', (*ORIGINAL_ROWS[:7], 'bin_scaled', *ORIGINAL_ROWS[7:], 'irnet_scaled', 'irnet_scaled_step', *BIN_SCALED_PARTS),
+          about="the original's rows, then the binarizers that train (scaled, IR-Net with its scale) and EXP2's patterns with scaled sign, on all glosses; --preset base trains 6 epochs (the budget study's plateau)"),
     Suite('vision_study', ('fp', 'w8', 'w4', 'w2', 'w8a8', 'bin', 'bin_scaled', 'irnet'), dataset='fashion_mnist', epochs=12,
           about='EXP1 methods on all 60k Fashion-MNIST images, 12 epochs (the plateau with --preset base)'),
     Suite('smoke', ('fp', 'w8', 'w4a4_lsq', 'bin', 'irnet', 'bin_pre', 'w8a8_latent'), dataset='synthetic', epochs=2,
@@ -261,6 +272,7 @@ def build_variant(e: Experiment, dls, preset: str, seed: int, init=None):
 def run_config(e: Experiment, preset: str, epochs: int, train_limit=None) -> dict:
     "Everything that determines a run's numbers, apart from the seed (compared before a result is reused)."
     exp = {k: v for k, v in asdict(e).items() if k not in ('seeds', 'original', 'about', 'preset', 'epochs')}
+    if e.ir_net_per == 'epoch': del exp['ir_net_per']  # the default is left out, so results written before the option still match
     p = PRESETS[preset]
     return dict(experiment=exp, preset=preset, preset_settings=p, epochs=epochs, train_limit=train_limit,
                 learner=dict(optimizer='Adam', lr=p['lr'], batch_size=p['batch_size'], milestones=default_milestones(epochs),
@@ -349,7 +361,7 @@ def _train(e, seed, preset, epochs, train_limit, ckpt_dir, device, progress, dls
     cal = (lambda m: calibrate_model_(m, dls)) if e.method == 'fully' and e.latent_epochs else None
     lc = run_config(e, preset, epochs, train_limit)['learner']
     learn = Learner(model, dls, epochs=epochs, lr=lc['lr'], milestones=lc['milestones'], gamma=lc['gamma'], clip=lc['clip'],
-                    seed=seed, latent_epochs=e.latent_epochs, on_quant_start=cal, log_path=ckpt_dir/'log.csv',
+                    seed=seed, latent_epochs=e.latent_epochs, ir_net_per=e.ir_net_per, on_quant_start=cal, log_path=ckpt_dir/'log.csv',
                     ckpt_dir=ckpt_dir, device=device, progress=progress)
     resumed = (ckpt_dir/'last.pt').exists()
     return learn, learn.fit(), resumed
@@ -486,20 +498,22 @@ def format_summary(table: pd.DataFrame) -> pd.DataFrame:
 # %% ../nbs/07_experiments.ipynb #76159e2c
 PATTERN_CHOICES = ('MHA', 'FFN', 'CLS', 'ALL', 'ALL_QK', 'ALL_FINAL', 'QK', 'QV', 'KV')
 
-def _flag_name(quant_type, quant_method, bit_num, a_bit_num, quant_pattern, lsq, pre_trained, latent, latent_epochs) -> str:
+def _flag_name(quant_type, quant_method, bit_num, a_bit_num, quant_pattern, lsq, pre_trained, latent, latent_epochs, ir_net_per='epoch') -> str:
     if quant_type is None: return 'fp'
     if quant_type == 'quantization':
         n = f'w{bit_num}' if quant_method == 'basic' else f'w{bit_num}a{a_bit_num or bit_num}' + ('_lsq' if lsq else '')
         if quant_pattern: n += f'_{quant_pattern.lower()}'
-    else: n = {'basic': 'bin', 'ir': 'irnet', 'scaled': 'bin_scaled'}[quant_method] + ('' if quant_pattern == 'ALL' else f'_{quant_pattern.lower()}')
+    else: n = ({'basic': 'bin', 'ir': 'irnet', 'scaled': 'bin_scaled', 'ir_scaled': 'irnet_scaled'}[quant_method]
+               + ('' if quant_pattern == 'ALL' else f'_{quant_pattern.lower()}') + ('_step' if ir_net_per == 'step' else ''))
     return n + ('_pre' if pre_trained else '') + ((f'_latent{latent_epochs}' if latent_epochs != 1 else '_latent') if latent else '')
 
 def experiment_from_flags(quant_type=None, quant_method=None, bit_num=None, a_bit_num=None, quant_pattern=None,
-                          lsq=False, pre_trained=False, latent=False, latent_epochs=1, exp_name=None, dataset='wordnet') -> Experiment:
+                          lsq=False, pre_trained=False, latent=False, latent_epochs=1, exp_name=None, dataset='wordnet',
+                          ir_net_per='epoch') -> Experiment:
     "The `Experiment` that `tq_train`'s flags describe (ValueError with the reason for an invalid combination)."
     def bad(msg): raise ValueError(msg)
     if quant_pattern is not None and quant_pattern not in PATTERN_CHOICES: bad(f"quant_pattern must be one of {PATTERN_CHOICES}, got {quant_pattern!r}")
-    method_flags = any(v not in (None, False) for v in (quant_type, quant_method, bit_num, a_bit_num, quant_pattern, lsq, pre_trained, latent))
+    method_flags = any(v not in (None, False) for v in (quant_type, quant_method, bit_num, a_bit_num, quant_pattern, lsq, pre_trained, latent)) or ir_net_per != 'epoch'
     if exp_name in EXPERIMENTS and not method_flags: return replace(get_experiment(exp_name), dataset=dataset)
     if quant_type is None:
         if method_flags: bad("without --quant_type (the full-precision baseline) no --quant_method, --bit_num, --a_bit_num, "
@@ -512,14 +526,15 @@ def experiment_from_flags(quant_type=None, quant_method=None, bit_num=None, a_bi
         kw = dict(method='quantize' if quant_method == 'basic' else 'fully', bits=bit_num,
                   a_bits=(a_bit_num or bit_num) if quant_method == 'fully' else None, lsq=lsq, pattern=quant_pattern)
     elif quant_type == 'binarization':
-        if quant_method not in ('basic', 'ir', 'scaled'): bad(f"binarization needs --quant_method basic, ir or scaled, got {quant_method!r}")
+        if quant_method not in ('basic', 'ir', 'scaled', 'ir_scaled'): bad(f"binarization needs --quant_method basic, ir, scaled or ir_scaled, got {quant_method!r}")
         if quant_pattern is None: bad(f"binarization needs --quant_pattern, one of {PATTERN_CHOICES}")
         if bit_num is not None or a_bit_num is not None: bad("binarization takes no --bit_num (every binarized weight is 1 bit)")
         if lsq: bad("--lsq needs --quant_type quantization --quant_method fully")
-        kw = dict(method='binarize', binarizer={'ir': 'irnet'}.get(quant_method, quant_method), pattern=quant_pattern)
+        kw = dict(method='binarize', binarizer={'ir': 'irnet', 'ir_scaled': 'irnet_scaled'}.get(quant_method, quant_method), pattern=quant_pattern,
+                  ir_net_per=ir_net_per)
     else: bad(f"quant_type must be quantization or binarization, got {quant_type!r}")
     kw.update(pretrained=pre_trained, latent_epochs=latent_epochs if latent else 0)
-    name = exp_name or _flag_name(quant_type, quant_method, bit_num, a_bit_num, quant_pattern, lsq, pre_trained, latent, latent_epochs)
+    name = exp_name or _flag_name(quant_type, quant_method, bit_num, a_bit_num, quant_pattern, lsq, pre_trained, latent, latent_epochs, ir_net_per)
     e = Experiment(name, dataset=dataset, **kw)
     known = next((x for x in EXPERIMENTS.values() if _same_recipe(x, e)), None)
     if exp_name is None and known is not None: return replace(known, dataset=dataset)
@@ -528,7 +543,7 @@ def experiment_from_flags(quant_type=None, quant_method=None, bit_num=None, a_bi
     return e
 
 def _same_recipe(a: Experiment, b: Experiment) -> bool:
-    keys = ('method', 'bits', 'a_bits', 'binarizer', 'lsq', 'pretrained', 'latent_epochs')
+    keys = ('method', 'bits', 'a_bits', 'binarizer', 'lsq', 'pretrained', 'latent_epochs', 'ir_net_per')
     pattern = lambda e: e.pattern if e.pattern is not None else ('ALL' if e.method == 'binarize' else 'all')
     return all(getattr(a, k) == getattr(b, k) for k in keys) and pattern(a) == pattern(b)
 
@@ -550,8 +565,8 @@ def _setup(threads, device):
 @call_parse
 def tq_train(
     quant_type: Param("quantization or binarization; none for the full-precision baseline", str, choices=['quantization', 'binarization'])=None,
-    quant_method: Param("quantization: basic (weights) or fully (weights + activations); binarization: basic, ir or scaled", str,
-                        choices=['basic', 'fully', 'ir', 'scaled'])=None,
+    quant_method: Param("quantization: basic (weights) or fully (weights + activations); binarization: basic, ir, scaled or ir_scaled", str,
+                        choices=['basic', 'fully', 'ir', 'scaled', 'ir_scaled'])=None,
     bit_num: Param("bits per weight (quantization; also activations for fully unless --a_bit_num)", int, choices=[8, 4, 2])=None,
     a_bit_num: Param("bits per activation (fully)", int, choices=[8, 4, 2])=None,
     quant_pattern: Param("which parts to quantize or binarize", str, choices=list(PATTERN_CHOICES))=None,
@@ -559,6 +574,7 @@ def tq_train(
     pre_trained: Param("initialize from the full-precision checkpoint of the same seed", store_true)=False,
     latent: Param("latent quantization: full precision for --latent_epochs epochs first", store_true)=False,
     latent_epochs: Param("epochs in full precision before quantizing, with --latent", int)=1,
+    ir_net_per: Param("IR-Net's t/k schedule: per epoch (as IR-Net's code) or per optimizer step", str, choices=['epoch', 'step'])='epoch',
     exp_name: Param("a registered experiment (tq_experiments --list), or the name of a new one", str)=None,
     dataset: Param("dataset", str, choices=list(DATASETS))='wordnet',
     preset: Param("model and training size", str, choices=list(PRESETS))='quick',
@@ -575,7 +591,7 @@ def tq_train(
     try:
         dev = _setup(threads, device)
         e = experiment_from_flags(quant_type, quant_method, bit_num, a_bit_num, quant_pattern, lsq, pre_trained, latent,
-                                  latent_epochs, exp_name, dataset)
+                                  latent_epochs, exp_name, dataset, ir_net_per)
         r = run_experiment(e, seed, preset, epochs, train_limit, res_dir, None, str(dev), not quiet, redo, _cli_command('tq_train'))
     except ValueError as err: _cli_error('tq_train', err)
     sm = r['summary']
