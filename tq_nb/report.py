@@ -26,7 +26,8 @@ __all__ = ['RUN_COLUMNS', 'VERDICTS', 'FINDINGS', 'N_CLASSES', 'BUDGET_TAGS', 's
            'missing_runs', 'missing_note', 'with_results', 'accuracy_table', 'original_relation', 'verdict', 'findings',
            'pairs_within', 'conclusions', 'epoch_history', 'step_log', 'plot_lines', 'curves_figure', 'accuracy_figure',
            'figures_dir', 'save_figure', 'save_and_show', 'fresh_model', 'size_table', 'method_table', 'markdown_table',
-           'results_markdown', 'findings_summary', 'budget_runs', 'doubling_gains', 'budget_figure']
+           'results_markdown', 'findings_summary', 'budget_runs', 'doubling_gains', 'budget_figure',
+           'compare_histories', 'reproduction_table', 'tq_reproduce']
 
 # %% ../nbs/09_report.ipynb #a90d8541
 def suite_budget(suite: str = 'main', preset: str = 'quick') -> dict:
@@ -384,3 +385,45 @@ def budget_figure(runs_by_dataset: dict, references: dict | None = None):
         ax.set(title=ds, xlabel='epochs', ylabel='test accuracy (%)'); ax.legend(fontsize=8, loc='lower right')
     fig.tight_layout()
     return fig
+
+# %% ../nbs/09_report.ipynb #0bcaa3a2
+from fastcore.script import call_parse, Param
+from .experiments import result_path, suite_experiments
+
+_TIMINGS = ('epoch_time', 'time')
+
+def compare_histories(new: list, old: list) -> str:
+    "'identical' if the two per-epoch records agree on everything but timings, else how they differ."
+    strip = lambda h: [{k: v for k, v in r.items() if k not in _TIMINGS} for r in h]
+    a, b = strip(new), strip(old)
+    if a == b: return 'identical'
+    if len(a) != len(b): return f'differs: {len(a)} epochs against {len(b)}'
+    diffs = [abs(x[k] - y[k]) for x, y in zip(a, b) for k in x
+             if k in y and isinstance(x[k], (int, float)) and not isinstance(x[k], bool) and x[k] != y[k]]
+    return f'differs: largest difference {max(diffs):.3g}' if diffs else 'differs (non-numeric fields)'
+
+def reproduction_table(suite: str, preset: str, seed: int = 0, scratch_res=None, res_dir=None) -> pd.DataFrame:
+    "Each run of `suite` with `seed` in `scratch_res` against the committed one in `res_dir`: test accuracies and whether the history is identical."
+    b, rows = suite_budget(suite, preset), []
+    for e in suite_experiments(suite):
+        new, old = (result_path(e, seed, b['tag'], d) for d in (scratch_res, res_dir))
+        rn = json.loads(new.read_text()) if new.exists() else None
+        ro = json.loads(old.read_text()) if old.exists() else None
+        acc = lambda r: None if r is None else 100 * select_best(r['history'])['test_acc']
+        verdict = ('not run' if rn is None else 'no committed result' if ro is None
+                   else compare_histories(rn['history'], ro['history']))
+        rows.append(dict(experiment=e.name, rerun=acc(rn), committed=acc(ro), reproduces=verdict,
+                         rerun_minutes=None if rn is None else rn['wall_time'] / 60))
+    return pd.DataFrame(rows).set_index('experiment')
+
+# %% ../nbs/09_report.ipynb #f966c311
+@call_parse
+def tq_reproduce(
+    suite: Param("suite whose runs were retrained", str)='headline',
+    preset: Param("model and training size they were trained at", str)='base',
+    seed: Param("the seed retrained", int)=0,
+    scratch: Param("results folder of the reruns", str)='scratch/res',
+    res_dir: Param("committed results folder (default: res/ of the checkout)", str)=None,
+):
+    "Print, for each run of `suite`, whether the rerun in `scratch` reproduced the committed result."
+    print(markdown_table(reproduction_table(suite, preset, seed, scratch, res_dir).round(2)))
