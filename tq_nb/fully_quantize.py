@@ -5,6 +5,7 @@
 # %% ../nbs/03_fully_quantize.ipynb #ce3c0f41
 from __future__ import annotations
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -233,6 +234,9 @@ def fully_quantize_(model: nn.Module, parts='all', w_bits: int = 8, a_bits: int 
     if not isinstance(lsq, bool): raise ValueError(f"lsq must be a bool, got {lsq!r}")
     if isinstance(attn, str): attn = tuple(attn)
     if not all(a in ATTN_INPUTS for a in attn): raise ValueError(f"attn must be a collection of {ATTN_INPUTS}, got {attn!r}")
+    if attn and not any(isinstance(m, MultiHeadAttention) for m in model.modules()):
+        raise ValueError(f"attn={attn!r} quantizes the inputs of tq_nb's MultiHeadAttention, and {type(model).__name__} "
+                         f"has none; pass attn=() (the default) to quantize its Linears only")
     settings = dict(a_bits=a_bits, lsq=lsq, mu=mu, **check_weight_settings(w_bits, True, per_channel, 'nearest'))
     EMARange(mu)  # checks mu before the model changes
     names = replace_linears_(model, parts, lambda name, lin: FullQuantLinear.from_linear(
@@ -256,7 +260,8 @@ def calibrate_(model: nn.Module, batches) -> int:
     for m in flags: m.quant_enabled = False
     try:
         for b in batches:
-            model(*(b[:-1] if isinstance(b, (tuple, list)) and len(b) > 1 else (b[0],) if isinstance(b, (tuple, list)) else (b,)))
+            if isinstance(b, Mapping): model(**b)
+            else: model(*(b[:-1] if isinstance(b, (tuple, list)) and len(b) > 1 else (b[0],) if isinstance(b, (tuple, list)) else (b,)))
             n += 1
     finally:
         model.train(was_training)
