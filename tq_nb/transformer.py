@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_transformer.ipynb #4346e6c4
 from __future__ import annotations
-import math
+import math, re
 from dataclasses import dataclass
 
 import pandas as pd
@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['PRESETS', 'POOLINGS', 'PARTS', 'GROUPS', 'POST_RELU_PARTS', 'ModelConfig', 'TokenEmbedding', 'PatchEmbedding',
-           'MultiHeadAttention', 'FeedForward', 'EncoderLayer', 'Classifier', 'EncoderClassifier', 'build_model',
-           'part_name', 'select_linears', 'replace_linears_', 'set_quant_', 'strip_quant_', 'QWeight',
-           'QuantizedLinear', 'InputQuantizer', 'IntegerLinear', 'quantized_layers', 'quant_active', 'part_group',
-           'param_counts']
+__all__ = ['PRESETS', 'POOLINGS', 'PARTS', 'GROUPS', 'POST_RELU_PARTS', 'TQ_NAMING', 'BERT_NAMING', 'NAMINGS', 'ModelConfig',
+           'TokenEmbedding', 'PatchEmbedding', 'MultiHeadAttention', 'FeedForward', 'EncoderLayer', 'Classifier',
+           'EncoderClassifier', 'build_model', 'NamingMap', 'part_name', 'naming_of', 'set_naming_', 'select_linears',
+           'replace_linears_', 'set_quant_', 'strip_quant_', 'QWeight', 'QuantizedLinear', 'InputQuantizer',
+           'IntegerLinear', 'quantized_layers', 'quant_active', 'part_group', 'param_counts']
 
 # %% ../nbs/01_transformer.ipynb #0148e2ff
 PRESETS = {
@@ -180,30 +180,100 @@ PARTS = ('mha.q', 'mha.k', 'mha.v', 'mha.o', 'ffn.w1', 'ffn.w2', 'cls.hidden', '
 GROUPS = {'all': PARTS, 'mha': PARTS[:4], 'ffn': PARTS[4:6], 'cls': PARTS[6:]}
 POST_RELU_PARTS = ('ffn.w2', 'cls.final')
 
-def part_name(qualname: str) -> str | None:
-    "Part name of a module's qualified name (`layers.0.mha.q` → `mha.q`), or None if it has none."
-    name = '.'.join(qualname.split('.')[-2:])
-    return name if name in PARTS else None
+@dataclass(frozen=True)
+class NamingMap:
+    "How an architecture names its Linears: `parts` maps a regex over qualified names (group `layer`: the layer index) to a part name; `embeddings` matches embedding tensors."
+    name: str
+    parts: dict
+    embeddings: str = r'embed\..*'
+    def __post_init__(self):
+        if not isinstance(self.parts, dict) or not self.parts:
+            raise ValueError(f"parts must be a non-empty dict of regex -> part name, got {self.parts!r}")
+        bad = {rx: p for rx, p in self.parts.items() if p not in PARTS}
+        if bad: raise ValueError(f"parts: part names must be in {PARTS}, got {bad}")
+        for rx in (*self.parts, self.embeddings):
+            try: re.compile(rx)
+            except re.error as e: raise ValueError(f"NamingMap {self.name!r}: {rx!r} is not a regex: {e}") from None
+
+    def locate(self, qualname: str) -> tuple | None:
+        "`(part name, layer index or None)` of the module named `qualname`, or None if it has no part name."
+        for rx, p in self.parts.items():
+            if m := re.fullmatch(rx, qualname):
+                i = m.groupdict().get('layer')
+                return p, None if i is None else int(i)
+        return None
+
+    def part(self, qualname: str) -> str | None:
+        "Part name of the module named `qualname`, or None."
+        loc = self.locate(qualname)
+        return loc[0] if loc else None
+
+TQ_NAMING = NamingMap('tq_nb', {rf'(?:.*?\.)??(?:layers\.(?P<layer>\d+)\.)?{re.escape(p)}': p for p in PARTS})
+
+def part_name(qualname: str, naming: NamingMap | None = None) -> str | None:
+    "Part name of a module's qualified name (`layers.0.mha.q` → `mha.q`) under `naming` (tq_nb's own by default), or None if it has none."
+    return (naming or TQ_NAMING).part(qualname)
+
+# %% ../nbs/01_transformer.ipynb #1d4b631d
+_BERT_LAYER = r'(?:.*?\.)?encoder\.layer\.(?P<layer>\d+)\.'
+BERT_NAMING = NamingMap('bert', {
+    _BERT_LAYER + r'attention\.self\.query': 'mha.q', _BERT_LAYER + r'attention\.self\.key': 'mha.k',
+    _BERT_LAYER + r'attention\.self\.value': 'mha.v', _BERT_LAYER + r'attention\.output\.dense': 'mha.o',
+    _BERT_LAYER + r'intermediate\.dense': 'ffn.w1', _BERT_LAYER + r'output\.dense': 'ffn.w2',
+    r'(?:.*?\.)?pooler\.dense': 'cls.hidden', r'classifier': 'cls.final'},
+    embeddings=r'(?:.*?\.)?embeddings\..*')
+NAMINGS = {'tq_nb': TQ_NAMING, 'bert': BERT_NAMING}
+
+_NAMING_EXAMPLE = ("    naming = NamingMap('mine', {r'blocks\\.(?P<layer>\\d+)\\.attn\\.q_proj': 'mha.q', "
+                   "r'blocks\\.(?P<layer>\\d+)\\.mlp\\.fc1': 'ffn.w1', r'head': 'cls.final'})\n"
+                   "    set_naming_(model, naming)   # every method then uses it; or select_linears(model, parts, naming=naming)")
+
+def _check_naming(naming):
+    if isinstance(naming, NamingMap): return naming
+    if isinstance(naming, str) and naming in NAMINGS: return NAMINGS[naming]
+    raise ValueError(f"naming must be a NamingMap or one of {list(NAMINGS)}, got {naming!r}")
+
+def naming_of(model: nn.Module, naming: NamingMap | str | None = None) -> NamingMap:
+    "The naming map of `model`: `naming`, else the one `set_naming_` recorded, else by architecture; ValueError for an unknown one."
+    if naming is None: naming = getattr(model, 'tq_naming', None)
+    if naming is not None: return _check_naming(naming)
+    kind = getattr(getattr(model, 'config', None), 'model_type', None)
+    if kind in NAMINGS: return NAMINGS[kind]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if kind is None:
+        found = next((nm for nm in NAMINGS.values() if any(nm.part(n) for n in linears)), None)
+        if found or not linears: return found or TQ_NAMING
+    raise ValueError(f"no naming map for {type(model).__name__}" + (f" (model_type {kind!r})" if kind else '') +
+                     f": tq_nb knows {list(NAMINGS)}, and its Linears are named like {linears[:3]}. "
+                     f"Say which Linear is which part ({', '.join(PARTS)}) with a NamingMap, e.g.\n{_NAMING_EXAMPLE}")
+
+def set_naming_(model: nn.Module, naming: NamingMap | str) -> nn.Module:
+    "Record `naming` on `model`, so that every method selects its parts by it; returns `model`."
+    model.tq_naming = _check_naming(naming)
+    return model
 
 # %% ../nbs/01_transformer.ipynb #eeeb284c
-def select_linears(model: nn.Module, parts='all') -> dict:
-    "The `nn.Linear` modules of `model` chosen by the selector `parts`, as `{qualified name: module}`."
-    named = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and part_name(n)}
+def select_linears(model: nn.Module, parts='all', naming: NamingMap | str | None = None) -> dict:
+    "The `nn.Linear` modules of `model` chosen by the selector `parts` (parts named by `naming_of(model, naming)`), as `{qualified name: module}`."
+    nm = naming_of(model, naming)
+    where = {n: loc for n, m in model.named_modules() if isinstance(m, nn.Linear) and (loc := nm.locate(n))}
     terms = parts.split('|') if isinstance(parts, str) else list(parts)
     if not terms or not all(isinstance(t, str) and t.strip() for t in terms):
         raise ValueError(f"parts must be a non-empty selector such as 'mha.q|mha.k', got {parts!r}")
     def names(term):
-        if term in GROUPS: return {n for n in named if part_name(n) in GROUPS[term]}
-        if term in PARTS: return {n for n in named if part_name(n) == term}
-        if term in named: return {term}
-        raise ValueError(f"parts: unknown term {term!r}; valid terms are {sorted(GROUPS)} + {list(PARTS)} "
-                         f"or a layer name such as {next(iter(named), 'layers.0.mha.q')!r}")
+        if term in GROUPS: return {n for n, (p, _) in where.items() if p in GROUPS[term]}
+        if term in PARTS: return {n for n, (p, _) in where.items() if p == term}
+        if term in where: return {term}
+        hit = {n for n, (p, i) in where.items() if i is not None and term in (f'layers.{i}', f'layers.{i}.{p}')}
+        if hit: return hit
+        raise ValueError(f"parts: unknown term {term!r}; valid terms are {sorted(GROUPS)} + {list(PARTS)}, "
+                         f"a layer such as 'layers.0', or a layer name such as {next(iter(where), 'layers.0.mha.q')!r}")
     chosen = set()
     for t in (t.strip() for t in terms):
         if not t.startswith('~'): chosen |= names(t)
     for t in (t.strip() for t in terms):
         if t.startswith('~'): chosen -= names(t[1:])
-    return {n: m for n, m in named.items() if n in chosen}
+    return {n: model.get_submodule(n) for n in where if n in chosen}
 
 # %% ../nbs/01_transformer.ipynb #ea3a1733
 def _set_module(model, qualname, new):
@@ -280,16 +350,18 @@ def quant_active(model: nn.Module) -> bool:
     return any(isinstance(m, QuantizedLinear) and m.quant_enabled for m in model.modules())
 
 # %% ../nbs/01_transformer.ipynb #9aafeb7a
-def part_group(qualname: str) -> str:
-    "Group of a parameter's qualified name: 'embeddings', 'mha', 'ffn', 'cls' or 'norm'."
-    if qualname.startswith('embed.'): return 'embeddings'
-    p = part_name(qualname.rsplit('.', 1)[0])
+def part_group(qualname: str, naming: NamingMap | None = None) -> str:
+    "Group of a parameter's qualified name under `naming` (tq_nb's by default): 'embeddings', 'mha', 'ffn', 'cls' or 'norm'."
+    nm = naming or TQ_NAMING
+    if re.fullmatch(nm.embeddings, qualname): return 'embeddings'
+    p = nm.part(qualname.rsplit('.', 1)[0])
     return p.split('.')[0] if p else 'norm'
 
-def param_counts(model: nn.Module) -> pd.DataFrame:
+def param_counts(model: nn.Module, naming: NamingMap | str | None = None) -> pd.DataFrame:
     "Parameters per group (embeddings, mha, ffn, cls, norm), with their share of the total and of the non-embedding part."
+    nm = naming_of(model, naming)
     s = pd.Series({n: p.numel() for n, p in model.named_parameters()})
-    df = s.groupby(s.index.map(part_group)).sum().reindex(['embeddings', 'mha', 'ffn', 'cls', 'norm']).fillna(0).astype(int).to_frame('params')
+    df = s.groupby(s.index.map(lambda n: part_group(n, nm))).sum().reindex(['embeddings', 'mha', 'ffn', 'cls', 'norm']).fillna(0).astype(int).to_frame('params')
     df['share'] = df.params / df.params.sum()
     body = df.params.drop('embeddings')
     df['share_without_embeddings'] = (body / body.sum()).reindex(df.index)
