@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .transformer import QWeight, param_counts, part_group
+from .transformer import NamingMap, QWeight, naming_of, param_counts, part_group, part_name
 
 # %% auto #0
 __all__ = ['PACK_WIDTHS', 'CHECKPOINT_FORMAT', 'packed_width', 'packed_nbytes', 'pack_bits', 'unpack_bits', 'param_table',
@@ -83,9 +83,13 @@ def quantized_layers(model: nn.Module) -> dict:
     "Layers of `model` stored as integers: `{name: module}` for modules with `qweight()` and quantization on."
     return {n: m for n, m in model.named_modules() if hasattr(m, 'qweight') and getattr(m, 'quant_enabled', True)}
 
-def _group(key: str) -> str:
-    g = part_group(key)
-    return g if g != 'norm' else next((p for p in key.split('.') if p in ('mha', 'ffn', 'cls')), 'norm')
+def _group(key: str, naming: NamingMap | None = None) -> str:
+    "Group of a stored tensor: its Linear's, else that of the nearest named Linear above it (quantizer state), else by its path."
+    g = part_group(key, naming)
+    if g != 'norm': return g
+    up = key.split('.')
+    p = next((p for i in range(len(up) - 2, 0, -1) if (p := part_name('.'.join(up[:i]), naming))), None)
+    return p.split('.')[0] if p else next((s for s in up if s in ('mha', 'ffn', 'cls')), 'norm')
 
 def _is_model_state(model, key: str) -> bool:
     owner, _, attr = key.rpartition('.')
@@ -94,28 +98,28 @@ def _is_model_state(model, key: str) -> bool:
     return type(mod).__module__.startswith(('torch.nn', 'tq_nb.transformer'))
 
 # %% ../nbs/05_memory.ipynb #d0b0afcf
-def _row(tensor, layer, role, numel, dtype, bits, nbytes, ideal, fp32):
-    return dict(tensor=tensor, layer=layer, group=_group(tensor), role=role, numel=numel, dtype=dtype,
+def _row(tensor, layer, role, numel, dtype, bits, nbytes, ideal, fp32, naming=None):
+    return dict(tensor=tensor, layer=layer, group=_group(tensor, naming), role=role, numel=numel, dtype=dtype,
                 bits=bits, bytes=nbytes, ideal_bytes=ideal, fp32_bytes=fp32)
 
 def size_breakdown(model: nn.Module) -> pd.DataFrame:
     "One row per stored tensor of `model`: its role, dtype, bits, bytes as stored, ideal bytes and fp32 bytes."
-    q, rows = quantized_layers(model), []
+    q, rows, nm = quantized_layers(model), [], naming_of(model)
     for name, m in q.items():
         qw = m.qweight()
         n = qw.codes.numel()
         rows.append(_row(f'{name}.weight', name, 'weight', n, f'uint{packed_width(qw.bits)} packed', qw.bits,
-                         packed_nbytes(n, qw.bits), n * qw.bits / 8, 4 * n))
+                         packed_nbytes(n, qw.bits), n * qw.bits / 8, 4 * n, nm))
         for role in ('scale', 'zero_point'):
             t = torch.as_tensor(getattr(qw, role))
             rows.append(_row(f'{name}.weight.{role}', name, role, t.numel(), str(t.dtype).removeprefix('torch.'),
-                             8 * t.element_size(), t.numel() * t.element_size(), t.numel() * t.element_size(), 0))
+                             8 * t.element_size(), t.numel() * t.element_size(), t.numel() * t.element_size(), 0, nm))
     for key, t in model.state_dict().items():
         layer = next((n for n in q if key.startswith(n + '.')), key.rpartition('.')[0])
         if layer in q and key == f'{layer}.weight': continue
         model_state, nb = _is_model_state(model, key), t.numel() * t.element_size()
         rows.append(_row(key, layer, 'fp' if model_state else 'quantizer', t.numel(), str(t.dtype).removeprefix('torch.'),
-                         8 * t.element_size(), nb, nb, 4 * t.numel() if model_state else 0))
+                         8 * t.element_size(), nb, nb, 4 * t.numel() if model_state else 0, nm))
     return pd.DataFrame(rows)
 
 # %% ../nbs/05_memory.ipynb #8c52d7d5
