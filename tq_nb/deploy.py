@@ -304,11 +304,10 @@ def save_int(model: nn.Module, path) -> Path:
     "Write converted `model` to `path` as a low-bit safetensors checkpoint (atomically); returns the path."
     layers = _int_layers(model)
     if not layers: raise ValueError("model has no IntLinear (or XnorLinear) layers; convert it first with convert_ or to_int")
-    if not isinstance(getattr(model, 'cfg', None), ModelConfig):
-        raise ValueError(f"model must be an EncoderClassifier (with a ModelConfig as .cfg), got {type(model).__name__}")
+    cfg = getattr(model, 'cfg', None)
     spec = {n: _layer_spec(m) for n, m in layers.items()}
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    meta = dict(format=CHECKPOINT_FORMAT, config=json.dumps(asdict(model.cfg)), int_layers=json.dumps(spec))
+    meta = dict(format=CHECKPOINT_FORMAT, config=json.dumps(asdict(cfg) if isinstance(cfg, ModelConfig) else None), int_layers=json.dumps(spec))
     return atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 def load_int(path, model: nn.Module | None = None, lazy: bool = False) -> nn.Module:
@@ -317,7 +316,11 @@ def load_int(path, model: nn.Module | None = None, lazy: bool = False) -> nn.Mod
     if meta.get('format') != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a tq_nb integer checkpoint (format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
     tensors = st_load(Path(path).read_bytes())
-    if model is None: model = EncoderClassifier(ModelConfig(**json.loads(meta['config'])))
+    if model is None:
+        cfg = json.loads(meta['config'])
+        if cfg is None: raise ValueError(f"{path} holds a model that is not an EncoderClassifier, so load_int cannot build it: "
+                                         f"pass it as `model`, built the same way (a Hugging Face model from its config)")
+        model = EncoderClassifier(ModelConfig(**cfg))
     spec = json.loads(meta['int_layers'])
     replace_linears_(model, list(spec), lambda name, m: _from_spec(spec[name]))
     missing, unexpected = model.load_state_dict(tensors, strict=False)
