@@ -3,14 +3,30 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup main test test-explore docs export bench
+.PHONY: setup main study test test-explore docs export bench
 
 setup:
 	bash .ci/setup --browser
 
-## main: run the main job (the quick experiment suite on the embedded default dataset)
+## main: the real job, about 20 minutes on 2 cores: retrain the study's headline rows (suite `headline`, seed 0,
+## --preset base) as two one-thread runs side by side into scratch/ (git-ignored; an interrupted main resumes),
+## then print whether each rerun reproduces the committed result in res/
+RUN2 = $(BIN)/tq_experiments --preset base --threads 1 --device cpu
 main: setup
-	$(BIN)/tq_experiments --suite main --preset quick --seeds 0
+	mkdir -p scratch
+	TQ_NB_DATA=scratch/data $(RUN2) --suite headline --seeds 0 --res_dir scratch/res > scratch/main-worker2.log 2>&1 & \
+	sleep 10; TQ_NB_DATA=scratch/data $(RUN2) --suite headline --seeds 0 --res_dir scratch/res; \
+	wait; echo "(the second worker's log: scratch/main-worker2.log)"
+	$(BIN)/tq_reproduce --suite headline --preset base --seed 0 --scratch scratch/res
+
+## study: the whole study matrix (suites study and vision_study, seeds 0 1 2) into res/, resumably, two one-thread
+## runs side by side: many hours on 2 cores; rerun the same command to continue after an interruption
+study: setup
+	mkdir -p scratch
+	for s in study vision_study; do \
+	  $(RUN2) --suite $$s --seeds 0 1 2 > scratch/study-worker2.log 2>&1 & \
+	  sleep 10; $(RUN2) --suite $$s --seeds 0 1 2; wait; \
+	done
 
 ## test: everything CI checks: library in sync with notebooks, notebook tests, property tests, docs site
 test: setup

@@ -46,6 +46,8 @@ class Experiment:
     pretrained: bool = False
     latent_epochs: int = 0
     ir_net_per: str = 'epoch'
+    grid: str = 'max'
+    per_channel: bool = False
     dataset: str = 'wordnet'
     preset: str | None = None
     epochs: int | None = None
@@ -69,6 +71,11 @@ def check_experiment(e: Experiment) -> Experiment:
     if e.method == 'fully' and not _bits_ok(e.a_bits): bad(f"a_bits must be an int in 1..8 for fully, got {e.a_bits!r}")
     if e.method != 'fully' and e.a_bits is not None: bad(f"a_bits is only for method 'fully', got {e.a_bits!r}")
     if e.lsq and e.method != 'fully': bad("lsq (learned step sizes) is only for method 'fully'")
+    if e.grid not in ('max', 'twn'): bad(f"grid must be 'max' or 'twn', got {e.grid!r}")
+    if (e.grid != 'max' or e.per_channel is not False) and e.method != 'quantize':
+        bad("grid and per_channel choose the weight grid of method 'quantize'")
+    if e.grid == 'twn' and e.bits != 2: bad(f"grid 'twn' is ternary: bits must be 2, got {e.bits!r}")
+    if not isinstance(e.per_channel, bool): bad(f"per_channel must be a bool, got {e.per_channel!r}")
     if e.binarizer not in BINARIZERS: bad(f"binarizer must be one of {BINARIZERS}, got {e.binarizer!r}")
     if e.binarizer != 'basic' and e.method != 'binarize': bad(f"binarizer {e.binarizer!r} needs method 'binarize'")
     if e.method == 'fp' and (e.pattern is not None or e.pretrained or e.latent_epochs):
@@ -101,6 +108,10 @@ def _registry() -> dict:
     E = Experiment
     exps = [E('fp', about='full precision baseline', original=91.8)]
     exps += [E(f'w{b}', 'quantize', bits=b, original=o, about=f'weights {b}-bit') for b, o in ((8, 91.6), (4, 91.8), (2, 91.8))]
+    # low-bit grids that keep information (chapter 02): a scale per output row, and TWN's ternary threshold
+    exps += [E(n, 'quantize', bits=b, grid=g, per_channel=pc, about=f'weights {b}-bit, {a}')
+             for n, b, g, pc, a in (('w4_pc', 4, 'max', True, 'per output channel'), ('w2_pc', 2, 'max', True, 'per output channel'),
+                                    ('w2_twn', 2, 'twn', False, "TWN's ternary grid"), ('w2_twn_pc', 2, 'twn', True, "TWN's ternary grid per output channel"))]
     exps += [E(f'w{w}a{a}' + ('_lsq' if lsq else ''), 'fully', bits=w, a_bits=a, lsq=lsq, original=None if lsq else o,
                about=f'weights {w}-bit, activations {a}-bit, ' + ('learned step sizes (LSQ)' if lsq else 'EMA ranges'))
              for lsq in (False, True) for w, a, o in ((8, 8, 83.2), (4, 8, None), (4, 4, None))]
@@ -141,7 +152,7 @@ def get_experiment(name: str) -> Experiment:
 
 def experiments_table(names=None) -> pd.DataFrame:
     "The registry (or the experiments `names`) as a table, one row per experiment."
-    cols = ['method', 'bits', 'a_bits', 'pattern', 'binarizer', 'lsq', 'pretrained', 'latent_epochs', 'ir_net_per', 'original', 'about']
+    cols = ['method', 'bits', 'a_bits', 'pattern', 'binarizer', 'lsq', 'pretrained', 'latent_epochs', 'ir_net_per', 'grid', 'per_channel', 'original', 'about']
     rows = [get_experiment(n) for n in (names or EXPERIMENTS)]
     df = pd.DataFrame([{c: getattr(e, c) for c in cols} for e in rows], index=pd.Index([e.name for e in rows], name='experiment'))
     return df.astype({'bits': 'Int64', 'a_bits': 'Int64'})
@@ -160,7 +171,7 @@ class Suite:
 ORIGINAL_ROWS = ('fp', 'w8', 'w4', 'w2', 'w8a8', 'bin', 'irnet', 'bin_mha', 'bin_ffn', 'bin_cls', 'bin_all_final',
                  'bin_all_qk', 'bin_all_qv', 'bin_all_kv', 'w8a8_pre', 'w8a8_latent', 'bin_pre', 'bin_latent')
 EXP1 = ('fp', 'w8', 'w4', 'w2', 'w8a8', 'w4a8', 'w4a4', 'w8a8_lsq', 'w4a8_lsq', 'w4a4_lsq', 'bin', 'bin_scaled', 'irnet',
-        'irnet_scaled', 'irnet_scaled_step')
+        'irnet_scaled', 'irnet_scaled_step', 'w4_pc', 'w2_pc', 'w2_twn', 'w2_twn_pc')
 BIN_SCALED_PARTS = tuple(n for n, e in EXPERIMENTS.items() if e.binarizer == 'scaled' and e.pattern is not None)
 EXP2 = ('fp', 'bin', 'bin_mha', 'bin_ffn', 'bin_cls', 'bin_all_final', 'bin_all_qk', 'bin_all_qv', 'bin_all_kv',
         'bin_qk', 'bin_qv', 'bin_kv', 'bin_scaled', *BIN_SCALED_PARTS,
@@ -179,8 +190,11 @@ SUITES = {s.name: s for s in [
     Suite('vision_exp2', ('fp', 'bin', 'bin_mha', 'bin_ffn', 'bin_cls', 'bin_all_qk', 'bin_all_qv', 'bin_all_kv'), dataset='fashion_mnist', train_limit=20000,
           about='EXP2 sensitivity on Fashion-MNIST'),
     # the study on models that have learned (run with --preset base): all the data, the epochs where doubling gains < 1 point
-    Suite('study', (*ORIGINAL_ROWS[:7], 'bin_scaled', *ORIGINAL_ROWS[7:], 'irnet_scaled', 'irnet_scaled_step', *BIN_SCALED_PARTS),
-          about="the original's rows, then the binarizers that train (scaled, IR-Net with its scale) and EXP2's patterns with scaled sign, on all glosses; --preset base trains 6 epochs (the budget study's plateau)"),
+    Suite('study', (*ORIGINAL_ROWS[:7], 'bin_scaled', *ORIGINAL_ROWS[7:], 'irnet_scaled', 'irnet_scaled_step', *BIN_SCALED_PARTS,
+                    'w4_pc', 'w2_pc', 'w2_twn', 'w2_twn_pc'),
+          about="the original's rows, then the binarizers that train (scaled, IR-Net with its scale) and EXP2's patterns with scaled sign, then low-bit weight grids that keep information, on all glosses; --preset base trains 6 epochs (the budget study's plateau)"),
+    Suite('headline', ('fp', 'w8', 'w8a8', 'bin', 'bin_scaled', 'irnet_scaled'),
+          about='make main: the headline rows of the study for one seed, about 20 minutes as two one-thread runs with --preset base'),
     Suite('vision_study', ('fp', 'w8', 'w4', 'w2', 'w8a8', 'bin', 'bin_scaled', 'irnet'), dataset='fashion_mnist', epochs=12,
           about='EXP1 methods on all 60k Fashion-MNIST images, 12 epochs (the plateau with --preset base)'),
     Suite('smoke', ('fp', 'w8', 'w4a4_lsq', 'bin', 'irnet', 'bin_pre', 'w8a8_latent'), dataset='synthetic', epochs=2,
@@ -236,7 +250,7 @@ def apply_method_(model, e: Experiment):
     parts = experiment_parts(e)
     if e.method == 'quantize':
         from tq_nb.quantize import quantize_
-        quantize_(model, parts=parts, bits=e.bits)
+        quantize_(model, parts=parts, bits=e.bits, per_channel=e.per_channel, grid=e.grid)
     elif e.method == 'fully':
         from tq_nb.fully_quantize import fully_quantize_
         fully_quantize_(model, parts=parts, w_bits=e.bits, a_bits=e.a_bits, lsq=e.lsq)
@@ -272,7 +286,8 @@ def build_variant(e: Experiment, dls, preset: str, seed: int, init=None):
 def run_config(e: Experiment, preset: str, epochs: int, train_limit=None) -> dict:
     "Everything that determines a run's numbers, apart from the seed (compared before a result is reused)."
     exp = {k: v for k, v in asdict(e).items() if k not in ('seeds', 'original', 'about', 'preset', 'epochs')}
-    if e.ir_net_per == 'epoch': del exp['ir_net_per']  # the default is left out, so results written before the option still match
+    for k, default in (('ir_net_per', 'epoch'), ('grid', 'max'), ('per_channel', False)):  # options added after results were committed:
+        if exp[k] == default: del exp[k]                                                    # left out at their default, so those still match
     p = PRESETS[preset]
     return dict(experiment=exp, preset=preset, preset_settings=p, epochs=epochs, train_limit=train_limit,
                 learner=dict(optimizer='Adam', lr=p['lr'], batch_size=p['batch_size'], milestones=default_milestones(epochs),
@@ -435,7 +450,7 @@ def run_suite(suite, preset: str = 'quick', seeds=None, res_dir=None, ckpt_root=
     get_device(device)
     exps = suite_experiments(s)
     runs = [(e, seed) for e in exps for seed in (seeds if seeds is not None else e.seeds)]
-    data, results, t0 = {}, [], time.time()
+    data, results, t0, took = {}, [], time.time(), []
     tag = run_tag(preset, s.epochs, s.train_limit)
     for i, (e, seed) in enumerate(runs):
         head = f'[{i+1}/{len(runs)}] {e.name} seed {seed} ({e.dataset}, {tag})'
@@ -448,14 +463,17 @@ def run_suite(suite, preset: str = 'quick', seeds=None, res_dir=None, ckpt_root=
             results.append(run_experiment(e, seed, preset, s.epochs, s.train_limit, res_dir, ckpt_root, device, progress))
             if progress: print(f'{head}: done before, {path}', flush=True)
             continue
-        if progress: print(f'{head}: training ({time.time()-t0:.0f}s into the suite)', flush=True)
+        if progress:
+            left = sum(not result_path(x, k, tag, res_dir).exists() for x, k in runs[i:])
+            eta = f', ETA {left * sum(took) / len(took) / 60:.0f} min for the {left} runs left' if took else ''
+            print(f'{head}: training ({time.time()-t0:.0f}s into the suite{eta})', flush=True)
         if e.dataset not in data: data[e.dataset] = load_data(e.dataset, preset, s.train_limit)
         try: r = run_experiment(e, seed, preset, s.epochs, s.train_limit, res_dir, ckpt_root, device, progress, redo, command,
                                 dls=data[e.dataset])
         except RunInProgress as err:
             print(f'{head}: skipped, {err}', flush=True)
             continue
-        results.append(r)
+        results.append(r); took.append(r['wall_time'])
         sm = r['summary']
         if progress: print(f'{head}: test acc {sm["test_acc_at_best"]:.4f} at best epoch {sm["best_epoch"]} (valid '
                            f'{sm["best_valid_acc"]:.4f}), last epoch {sm["test_acc_last"]:.4f}; {r["wall_time"]:.0f}s', flush=True)
