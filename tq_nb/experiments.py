@@ -48,6 +48,7 @@ class Experiment:
     ir_net_per: str = 'epoch'
     grid: str = 'max'
     per_channel: bool = False
+    attn: str = ''
     dataset: str = 'wordnet'
     preset: str | None = None
     epochs: int | None = None
@@ -76,6 +77,8 @@ def check_experiment(e: Experiment) -> Experiment:
         bad("grid and per_channel choose the weight grid of method 'quantize'")
     if e.grid == 'twn' and e.bits != 2: bad(f"grid 'twn' is ternary: bits must be 2, got {e.bits!r}")
     if not isinstance(e.per_channel, bool): bad(f"per_channel must be a bool, got {e.per_channel!r}")
+    if not (isinstance(e.attn, str) and set(e.attn) <= set('qkpv')): bad(f"attn must be a string of the letters q, k, p, v, got {e.attn!r}")
+    if e.attn and e.method != 'fully': bad("attn (attention-product inputs) is only for method 'fully'")
     if e.binarizer not in BINARIZERS: bad(f"binarizer must be one of {BINARIZERS}, got {e.binarizer!r}")
     if e.binarizer != 'basic' and e.method != 'binarize': bad(f"binarizer {e.binarizer!r} needs method 'binarize'")
     if e.method == 'fp' and (e.pattern is not None or e.pretrained or e.latent_epochs):
@@ -108,6 +111,7 @@ def _registry() -> dict:
     E = Experiment
     exps = [E('fp', about='full precision baseline', original=91.8)]
     exps += [E(f'w{b}', 'quantize', bits=b, original=o, about=f'weights {b}-bit') for b, o in ((8, 91.6), (4, 91.8), (2, 91.8))]
+    exps += [E('w8a8_attn', 'fully', bits=8, a_bits=8, attn='qkpv', about='weights 8-bit, activations 8-bit, the attention products\' inputs too')]
     # low-bit grids that keep information (chapter 02): a scale per output row, and TWN's ternary threshold
     exps += [E(n, 'quantize', bits=b, grid=g, per_channel=pc, about=f'weights {b}-bit, {a}')
              for n, b, g, pc, a in (('w4_pc', 4, 'max', True, 'per output channel'), ('w2_pc', 2, 'max', True, 'per output channel'),
@@ -152,7 +156,7 @@ def get_experiment(name: str) -> Experiment:
 
 def experiments_table(names=None) -> pd.DataFrame:
     "The registry (or the experiments `names`) as a table, one row per experiment."
-    cols = ['method', 'bits', 'a_bits', 'pattern', 'binarizer', 'lsq', 'pretrained', 'latent_epochs', 'ir_net_per', 'grid', 'per_channel', 'original', 'about']
+    cols = ['method', 'bits', 'a_bits', 'pattern', 'binarizer', 'lsq', 'pretrained', 'latent_epochs', 'ir_net_per', 'grid', 'per_channel', 'attn', 'original', 'about']
     rows = [get_experiment(n) for n in (names or EXPERIMENTS)]
     df = pd.DataFrame([{c: getattr(e, c) for c in cols} for e in rows], index=pd.Index([e.name for e in rows], name='experiment'))
     return df.astype({'bits': 'Int64', 'a_bits': 'Int64'})
@@ -171,7 +175,7 @@ class Suite:
 ORIGINAL_ROWS = ('fp', 'w8', 'w4', 'w2', 'w8a8', 'bin', 'irnet', 'bin_mha', 'bin_ffn', 'bin_cls', 'bin_all_final',
                  'bin_all_qk', 'bin_all_qv', 'bin_all_kv', 'w8a8_pre', 'w8a8_latent', 'bin_pre', 'bin_latent')
 EXP1 = ('fp', 'w8', 'w4', 'w2', 'w8a8', 'w4a8', 'w4a4', 'w8a8_lsq', 'w4a8_lsq', 'w4a4_lsq', 'bin', 'bin_scaled', 'irnet',
-        'irnet_scaled', 'irnet_scaled_step', 'w4_pc', 'w2_pc', 'w2_twn', 'w2_twn_pc')
+        'irnet_scaled', 'irnet_scaled_step', 'w4_pc', 'w2_pc', 'w2_twn', 'w2_twn_pc', 'w8a8_attn')
 BIN_SCALED_PARTS = tuple(n for n, e in EXPERIMENTS.items() if e.binarizer == 'scaled' and e.pattern is not None)
 EXP2 = ('fp', 'bin', 'bin_mha', 'bin_ffn', 'bin_cls', 'bin_all_final', 'bin_all_qk', 'bin_all_qv', 'bin_all_kv',
         'bin_qk', 'bin_qv', 'bin_kv', 'bin_scaled', *BIN_SCALED_PARTS,
@@ -191,7 +195,7 @@ SUITES = {s.name: s for s in [
           about='EXP2 sensitivity on Fashion-MNIST'),
     # the study on models that have learned (run with --preset base): all the data, the epochs where doubling gains < 1 point
     Suite('study', (*ORIGINAL_ROWS[:7], 'bin_scaled', *ORIGINAL_ROWS[7:], 'irnet_scaled', 'irnet_scaled_step', *BIN_SCALED_PARTS,
-                    'w4_pc', 'w2_pc', 'w2_twn', 'w2_twn_pc'),
+                    'w4_pc', 'w2_pc', 'w2_twn', 'w2_twn_pc', 'w8a8_attn'),
           about="the original's rows, then the binarizers that train (scaled, IR-Net with its scale) and EXP2's patterns with scaled sign, then low-bit weight grids that keep information, on all glosses; --preset base trains 6 epochs (the budget study's plateau)"),
     Suite('headline', ('fp', 'w8', 'w8a8', 'bin', 'bin_scaled', 'irnet_scaled'),
           about='make main: the headline rows of the study for one seed, about 20 minutes as two one-thread runs with --preset base'),
@@ -253,7 +257,7 @@ def apply_method_(model, e: Experiment):
         quantize_(model, parts=parts, bits=e.bits, per_channel=e.per_channel, grid=e.grid)
     elif e.method == 'fully':
         from tq_nb.fully_quantize import fully_quantize_
-        fully_quantize_(model, parts=parts, w_bits=e.bits, a_bits=e.a_bits, lsq=e.lsq)
+        fully_quantize_(model, parts=parts, w_bits=e.bits, a_bits=e.a_bits, lsq=e.lsq, attn=e.attn)
     elif e.method == 'binarize':
         from tq_nb.binarize import binarize_
         binarize_(model, parts=parts, method=e.binarizer)
@@ -286,7 +290,7 @@ def build_variant(e: Experiment, dls, preset: str, seed: int, init=None):
 def run_config(e: Experiment, preset: str, epochs: int, train_limit=None) -> dict:
     "Everything that determines a run's numbers, apart from the seed (compared before a result is reused)."
     exp = {k: v for k, v in asdict(e).items() if k not in ('seeds', 'original', 'about', 'preset', 'epochs')}
-    for k, default in (('ir_net_per', 'epoch'), ('grid', 'max'), ('per_channel', False)):  # options added after results were committed:
+    for k, default in (('ir_net_per', 'epoch'), ('grid', 'max'), ('per_channel', False), ('attn', '')):  # options added after results were committed:
         if exp[k] == default: del exp[k]                                                    # left out at their default, so those still match
     p = PRESETS[preset]
     return dict(experiment=exp, preset=preset, preset_settings=p, epochs=epochs, train_limit=train_limit,
