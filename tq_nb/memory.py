@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_int
 from .transformer import NamingMap, QWeight, naming_of, param_counts, part_group, part_name
 
 # %% auto #0
@@ -22,9 +23,7 @@ __all__ = ['PACK_WIDTHS', 'CHECKPOINT_FORMAT', 'packed_width', 'packed_nbytes', 
 # %% ../nbs/05_memory.ipynb #903b6de8
 PACK_WIDTHS = (1, 2, 4, 8)
 
-def _check_bits(bits):
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
-        raise ValueError(f"bits must be an int in 1..8, got {bits!r}")
+def _check_bits(bits): check_int('bits', bits, 1, 8)
 
 def packed_width(bits: int) -> int:
     "Bits one code takes once packed: the smallest of 1, 2, 4, 8 that holds `bits`."

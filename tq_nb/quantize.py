@@ -11,7 +11,7 @@ from fastcore.basics import patch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_choice
+from .checks import check_bool, check_choice, check_int
 from .transformer import QWeight, QuantizedLinear, replace_linears_
 
 # %% auto #0
@@ -24,9 +24,7 @@ ROUNDINGS = ('nearest', 'stochastic')
 
 def check_bits(bits, lo: int = 1, hi: int = 8, name: str = 'bits') -> int:
     "`bits` if it is an int in `lo..hi`, else a `ValueError` naming `name` and the allowed values."
-    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or not lo <= bits <= hi:
-        raise ValueError(f"{name} must be an int in {lo}..{hi}, got {bits!r}")
-    return int(bits)
+    return check_int(name, bits, lo, hi)
 
 def qrange(bits: int, symmetric: bool = True) -> tuple[int, int]:
     "Smallest and largest integer code of a `bits`-bit grid (symmetric grids leave code 0 unused, except at 1 bit)."
@@ -139,16 +137,11 @@ def twn_quantize(w: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
     return TernarySTE.apply(w, twn_qweight(w, per_channel).dequantize())
 
 # %% ../nbs/02_quantize.ipynb #01236566
-def _check_flag(value, name: str, meaning: str) -> bool:
-    if not isinstance(value, bool): raise ValueError(f"{name} must be a bool ({meaning}), got {value!r}")
-    return value
-
 def check_weight_settings(bits, symmetric, per_channel, rounding) -> dict:
     "The weight quantizer settings as a dict, after checking each (a `ValueError` names the bad one)."
-    if rounding not in ROUNDINGS: raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
-    return dict(bits=check_bits(bits), rounding=rounding,
-                symmetric=_check_flag(symmetric, 'symmetric', 'True: symmetric grid, False: asymmetric'),
-                per_channel=_check_flag(per_channel, 'per_channel', 'granularity: False per tensor, True per output channel'))
+    return dict(bits=check_bits(bits), rounding=check_choice('rounding', rounding, ROUNDINGS),
+                symmetric=check_bool('symmetric', symmetric, 'True: symmetric grid, False: asymmetric'),
+                per_channel=check_bool('per_channel', per_channel, 'granularity: False per tensor, True per output channel'))
 
 def check_grid(grid, bits, symmetric, rounding) -> str:
     "`grid` (one of `GRIDS`) if the other settings allow it: TWN's grid is ternary, symmetric and rounds by its threshold."
