@@ -376,12 +376,12 @@ def budget_figure(runs_by_dataset: dict, references: dict | None = None):
         base = runs[(runs.preset == 'base') & runs.train_limit.isna()].groupby('epochs').test_acc.mean()
         ax.plot(base.index, 100 * base.values, 'o-', label='base, all data')
         for _, r in runs[~runs.index.isin(runs[(runs.preset == 'base') & runs.train_limit.isna()].index)].iterrows():
-            what = f"{r.train_limit:,} examples" if r.train_limit == r.train_limit and r.train_limit else f"d_model {r.d_model}"
+            what = f"{int(r.train_limit):,} examples" if r.train_limit == r.train_limit and r.train_limit else f"d_model {int(r.d_model)}"
             ax.plot(r.epochs, 100 * r.test_acc, 's'); ax.annotate(what, (r.epochs, 100 * r.test_acc), fontsize=8,
                                                                  xytext=(4, -3), textcoords='offset points')
         for i, (label, acc) in enumerate((references or {}).get(ds, {}).items()):
             ax.axhline(100 * acc, ls='--', lw=1, color=f'C{i + 2}', label=label)
-        ax.set_xscale('log', base=2); ax.xaxis.set_major_formatter(mticker.ScalarFormatter())
+        ax.set_xscale('log', base=2); ax.set_xticks(sorted(runs.epochs.unique())); ax.xaxis.set_major_formatter(mticker.ScalarFormatter())
         ax.set(title=ds, xlabel='epochs', ylabel='test accuracy (%)'); ax.legend(fontsize=8, loc='lower right')
     fig.tight_layout()
     return fig
