@@ -31,7 +31,7 @@ study: setup
 ## test: everything CI checks: library in sync with notebooks, notebook tests, property tests, docs site
 test: setup
 	$(BIN)/python tests/check_export.py
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 ## test-explore: the property tests with fresh random examples (the gate above is derandomized, so reproducible)
 test-explore: setup

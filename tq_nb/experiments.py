@@ -565,7 +565,7 @@ def experiment_from_flags(quant_type=None, quant_method=None, bit_num=None, a_bi
     return e
 
 def _same_recipe(a: Experiment, b: Experiment) -> bool:
-    keys = ('method', 'bits', 'a_bits', 'binarizer', 'lsq', 'pretrained', 'latent_epochs', 'ir_net_per')
+    keys = ('method', 'bits', 'a_bits', 'binarizer', 'lsq', 'pretrained', 'latent_epochs', 'ir_net_per', 'grid', 'per_channel', 'attn')
     pattern = lambda e: e.pattern if e.pattern is not None else ('ALL' if e.method == 'binarize' else 'all')
     return all(getattr(a, k) == getattr(b, k) for k in keys) and pattern(a) == pattern(b)
 
