@@ -17,7 +17,14 @@ from tq_nb.binarize import BinaryLinear, binarize_
 from tq_nb.memory import load_packed, model_size, packed_nbytes, save_packed
 from tq_nb.deploy import load_int, save_int, to_int
 
-torch.set_num_threads(1)
+@pytest.fixture(autouse=True)
+def one_thread():
+    # One thread inside this module's tests only: set at import, it held for the whole pytest session and made the
+    # in-process references of the resume tests differ from their two-thread child processes.
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 TERMS = [*GROUPS, *PARTS, 'layers.0', 'layers.1', *(f'layers.{i}.{p}' for i in (0, 1) for p in PARTS[:6])]
 CLF = hf.tiny_bert(n_labels=3)
 TQ = build_model('tiny', n_classes=3, vocab_size=50, seed=0)
