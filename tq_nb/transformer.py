@@ -17,7 +17,7 @@ __all__ = ['PRESETS', 'POOLINGS', 'PARTS', 'GROUPS', 'POST_RELU_PARTS', 'TQ_NAMI
            'TokenEmbedding', 'PatchEmbedding', 'MultiHeadAttention', 'FeedForward', 'EncoderLayer', 'Classifier',
            'EncoderClassifier', 'build_model', 'NamingMap', 'part_name', 'naming_of', 'set_naming_', 'select_linears',
            'replace_linears_', 'set_quant_', 'strip_quant_', 'QWeight', 'QuantizedLinear', 'InputQuantizer',
-           'IntegerLinear', 'quantized_layers', 'quant_active', 'part_group', 'param_counts']
+           'IntegerLinear', 'quantized_layers', 'quant_active', 'part_group', 'param_counts', 'fit_demo']
 
 # %% ../nbs/01_transformer.ipynb #0148e2ff
 PRESETS = {
@@ -366,3 +366,32 @@ def param_counts(model: nn.Module, naming: NamingMap | str | None = None) -> pd.
     body = df.params.drop('embeddings')
     df['share_without_embeddings'] = (body / body.sum()).reindex(df.index)
     return df
+
+# %% ../nbs/01_transformer.ipynb #138574ef
+def fit_demo(model: nn.Module, dl, steps: int | None = None, epochs: int | None = None, lr: float = 3e-3, opt=None,
+             one_cycle: bool = False, seed: int | None = None, before_epoch=None, after_epoch=None) -> nn.Module:
+    "Tutorial training of `model` on `(ids, mask, y)` batches of `dl`: `steps` batches or `epochs` passes; returns it in eval mode."
+    if (steps is None) == (epochs is None): raise ValueError(f"give exactly one of steps and epochs, got steps={steps!r}, epochs={epochs!r}")
+    for name, v in (('steps', steps), ('epochs', epochs)):
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0): raise ValueError(f"lr must be a number > 0, got {lr!r}")
+    if seed is not None: torch.manual_seed(seed)
+    o = (opt or torch.optim.Adam)(model.parameters(), lr)
+    total = steps if steps is not None else epochs * len(dl)
+    sched = torch.optim.lr_scheduler.OneCycleLR(o, lr, total_steps=total) if one_cycle else None
+    done, epoch = 0, 0
+    while done < total:
+        if before_epoch: before_epoch(epoch)
+        model.train()
+        seen = 0
+        for x, m, y in dl:
+            loss = F.cross_entropy(model(x, m), y)
+            o.zero_grad(); loss.backward(); o.step()
+            if sched: sched.step()
+            done, seen = done + 1, seen + 1
+            if done == total: break
+        if not seen: raise ValueError("dl yielded no batches")
+        if after_epoch: after_epoch(epoch)
+        epoch += 1
+    return model.eval()
