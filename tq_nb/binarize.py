@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from torch import nn
 
+from .checks import check_module
 from .transformer import POST_RELU_PARTS, QWeight, QuantizedLinear, part_name, replace_linears_
 
 # %% auto #0
@@ -204,6 +205,7 @@ def binarize_(model: nn.Module, parts='all|~cls.final', method: str = 'basic', b
 
 def set_ir_net_epoch_(model: nn.Module, epoch, epochs: int, t_min: float = 0.1, t_max: float = 10.0) -> int:
     "Set EDE's (t, k) for `epoch` (may be fractional) of `epochs` in every IR-Net layer of `model`; returns how many were set."
+    check_module('model', model)
     t, k = ir_net_t(epoch, epochs, t_min, t_max)
     mods = [m for m in model.modules() if isinstance(m, BinaryLinear) and m.uses_ede]
     for m in mods: m.t, m.k = t, k

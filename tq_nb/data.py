@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .checks import check_int
+
 # %% auto #0
 __all__ = ['NOUN_LEXNAMES', 'AG_NEWS_CLASSES', 'AG_NEWS_URL', 'SPECIALS', 'SHIPPED_TOKENIZERS', 'FASHION_MNIST_DEB',
            'FASHION_MNIST_CLASSES', 'DATASETS', 'project_root', 'data_dir', 'atomic_write_bytes', 'DataMissingError',
@@ -146,6 +148,7 @@ def read_ag_news_csv(fn):
                 raise ValueError(f"{fn}, row {i+1}: expected 'class (1..4),title,description', got {row!r}")
             texts.append(' '.join(s.replace('\\', ' ').strip() for s in row[1:]))
             labels.append(int(row[0]) - 1)
+    if not texts: raise ValueError(f"{fn} has no rows: an AG_NEWS CSV file holds one 'class,title,description' row per article")
     return texts, labels
 
 # %% ../nbs/00_data.ipynb #33d067b0
@@ -201,6 +204,7 @@ def _bert_style(model) -> Tokenizer:
 
 def train_wordpiece(texts, vocab_size: int = 8000) -> Tokenizer:
     "Train a lower-casing BERT-style WordPiece tokenizer on `texts`; ids in a fixed order (specials, then sorted)."
+    check_int('vocab_size', vocab_size, len(SPECIALS) + 1)  # room for the special tokens and at least one more
     tok = _bert_style(models.WordPiece(unk_token='[UNK]'))
     tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
                                                               show_progress=False))

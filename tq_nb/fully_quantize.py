@@ -13,6 +13,7 @@ from torch import nn
 
 from .quantize import (QuantLinear, check_bits, check_finite, check_weight_settings, fake_quant, qrange,
                             quantize_codes, range_qparams)
+from .checks import check_module
 from .transformer import POST_RELU_PARTS, InputQuantizer, MultiHeadAttention, QWeight, part_name, replace_linears_
 
 # %% auto #0
@@ -251,6 +252,7 @@ def fully_quantize_(model: nn.Module, parts='all', w_bits: int = 8, a_bits: int 
 @torch.no_grad()
 def calibrate_(model: nn.Module, batches) -> int:
     "Post-training calibration: every observer records `batches` run in eval mode with quantization off; returns how many."
+    check_module('model', model)
     observers = [m for m in model.modules() if isinstance(m, EMARange)]
     if not observers: raise ValueError("model has no activation observers to calibrate: run fully_quantize_ on it first")
     flags = {m: m.quant_enabled for m in model.modules() if hasattr(m, 'quant_enabled')}

@@ -15,9 +15,9 @@ from .checks import check_bool, check_choice, check_int
 from .transformer import QWeight, QuantizedLinear, replace_linears_
 
 # %% auto #0
-__all__ = ['ROUNDINGS', 'GRIDS', 'check_bits', 'qrange', 'range_qparams', 'check_finite', 'qparams', 'FakeQuantSTE', 'fake_quant',
-           'quantize_tensor', 'zero_fraction', 'twn_qparams', 'twn_qweight', 'TernarySTE', 'twn_quantize',
-           'check_weight_settings', 'check_grid', 'QuantLinear', 'quantize_codes', 'quantize_']
+__all__ = ['ROUNDINGS', 'GRIDS', 'check_bits', 'qrange', 'range_qparams', 'check_finite', 'qparams', 'FakeQuantSTE',
+           'check_qrange', 'fake_quant', 'quantize_tensor', 'zero_fraction', 'twn_qparams', 'twn_qweight', 'TernarySTE',
+           'twn_quantize', 'check_weight_settings', 'check_grid', 'QuantLinear', 'quantize_codes', 'quantize_']
 
 # %% ../nbs/02_quantize.ipynb #71db332c
 ROUNDINGS = ('nearest', 'stochastic')
@@ -86,9 +86,15 @@ class FakeQuantSTE(torch.autograd.Function):
         inside, = ctx.saved_tensors
         return grad * inside, None, None, None, None, None
 
+def check_qrange(qmin, qmax) -> tuple:
+    "`(qmin, qmax)` if the grid `qmin..qmax` holds at least one code, else a ValueError saying so."
+    if not qmin <= qmax: raise ValueError(f"qmin must be <= qmax (the grid qmin..qmax would be empty), got qmin={qmin}, qmax={qmax}")
+    return qmin, qmax
+
 def fake_quant(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int, rounding: str = 'nearest') -> torch.Tensor:
     "`x` rounded onto the grid `(k - zero_point) * scale`, `k` in `qmin..qmax`, with a straight-through gradient."
     if rounding not in ROUNDINGS: raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    check_qrange(qmin, qmax)
     scale, zero_point = (torch.as_tensor(t, dtype=x.dtype, device=x.device) for t in (scale, zero_point))
     return FakeQuantSTE.apply(x, scale, zero_point, qmin, qmax, rounding == 'stochastic')
 
@@ -187,6 +193,7 @@ class QuantLinear(QuantizedLinear):
 # %% ../nbs/02_quantize.ipynb #e4bb7ae5
 def quantize_codes(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int) -> torch.Tensor:
     "Integer codes `clamp(round(x/scale + zero_point), qmin, qmax)` of `x`, as uint8 (nearest rounding)."
+    check_qrange(qmin, qmax)
     return (x.detach() * _reciprocal(scale) + zero_point).round_().clamp_(qmin, qmax).to(torch.uint8)
 
 @patch

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_module
+
 # %% auto #0
 __all__ = ['PRESETS', 'POOLINGS', 'PARTS', 'GROUPS', 'POST_RELU_PARTS', 'TQ_NAMING', 'BERT_NAMING', 'NAMINGS', 'ModelConfig',
            'TokenEmbedding', 'PatchEmbedding', 'MultiHeadAttention', 'FeedForward', 'EncoderLayer', 'Classifier',
@@ -235,6 +237,7 @@ def _check_naming(naming):
 
 def naming_of(model: nn.Module, naming: NamingMap | str | None = None) -> NamingMap:
     "The naming map of `model`: `naming`, else the one `set_naming_` recorded, else by architecture; ValueError for an unknown one."
+    check_module('model', model)
     if naming is None: naming = getattr(model, 'tq_naming', None)
     if naming is not None: return _check_naming(naming)
     kind = getattr(getattr(model, 'config', None), 'model_type', None)
@@ -249,6 +252,7 @@ def naming_of(model: nn.Module, naming: NamingMap | str | None = None) -> Naming
 
 def set_naming_(model: nn.Module, naming: NamingMap | str) -> nn.Module:
     "Record `naming` on `model`, so that every method selects its parts by it; returns `model`."
+    check_module('model', model)
     model.tq_naming = _check_naming(naming)
     return model
 
@@ -288,6 +292,7 @@ def replace_linears_(model: nn.Module, parts, make) -> list:
 
 def set_quant_(model: nn.Module, enabled: bool = True) -> int:
     "Switch quantization on or off in every quantized module of `model`; returns how many were switched."
+    check_module('model', model)
     if not isinstance(enabled, bool): raise ValueError(f"enabled must be a bool, got {enabled!r}")
     mods = [m for m in model.modules() if hasattr(m, 'quant_enabled')]
     for m in mods: m.quant_enabled = enabled
@@ -295,6 +300,7 @@ def set_quant_(model: nn.Module, enabled: bool = True) -> int:
 
 def strip_quant_(model: nn.Module, bake: bool = True) -> nn.Module:
     "Replace every quantized layer by a plain `nn.Linear` (quantized weights if `bake`, else latent ones), and attention hooks by identities."
+    check_module('model', model)
     for name, m in list(model.named_modules()):
         if hasattr(m, 'to_linear'): _set_module(model, name, m.to_linear(bake))
     for m in model.modules():
@@ -342,11 +348,13 @@ class IntegerLinear(nn.Module):
 
 def quantized_layers(model: nn.Module) -> dict:
     "`{name: module}` of the layers of `model` whose weights are integers: quantized Linears switched on, and integer layers."
+    check_module('model', model)
     return {n: m for n, m in model.named_modules()
             if (isinstance(m, QuantizedLinear) and m.quant_enabled) or isinstance(m, IntegerLinear)}
 
 def quant_active(model: nn.Module) -> bool:
     "Whether any quantized layer of `model` has quantization switched on (False for a full-precision model)."
+    check_module('model', model)
     return any(isinstance(m, QuantizedLinear) and m.quant_enabled for m in model.modules())
 
 # %% ../nbs/01_transformer.ipynb #9aafeb7a
@@ -371,6 +379,7 @@ def param_counts(model: nn.Module, naming: NamingMap | str | None = None) -> pd.
 def fit_demo(model: nn.Module, dl, steps: int | None = None, epochs: int | None = None, lr: float = 3e-3, opt=None,
              one_cycle: bool = False, seed: int | None = None, before_epoch=None, after_epoch=None) -> nn.Module:
     "Tutorial training of `model` on `(ids, mask, y)` batches of `dl`: `steps` batches or `epochs` passes; returns it in eval mode."
+    check_module('model', model)
     if (steps is None) == (epochs is None): raise ValueError(f"give exactly one of steps and epochs, got steps={steps!r}, epochs={epochs!r}")
     for name, v in (('steps', steps), ('epochs', epochs)):
         if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
