@@ -1,10 +1,11 @@
-"""Property tests for tq_nb.memory: exact pack/unpack round trips for every bit width, hand-counted sizes,
-ratio 1.0 with nothing quantized, exact checkpoint round trips for every method, and clean failures on bad files."""
+"""Property tests for chapter 05 (tq_nb.size, tq_nb.checkpoint, tq_nb.memory): exact pack/unpack round trips for every
+bit width, hand-counted sizes, ratio 1.0 with nothing quantized, exact checkpoint round trips for every method, clean
+failures on bad files, files of the retired formats, and a quiet profiler."""
 import subprocess, sys
 
 import torch
 from hypothesis import given, settings, strategies as st
-from tq_nb.memory import pack_bits, unpack_bits, packed_nbytes, packed_width
+from tq_nb.size import pack_bits, unpack_bits, packed_nbytes, packed_width
 
 
 @st.composite
@@ -51,16 +52,17 @@ from pathlib import Path
 import pytest
 import torch.nn.functional as F
 from torch import nn
-from tq_nb.transformer import QWeight, build_model
-from tq_nb.memory import (model_size, save_packed, load_packed, checkpoint_sizes, CheckpointError)
+from tq_nb.transformer import QuantizedLinear, QWeight, build_model
+from tq_nb.size import model_size
+from tq_nb.checkpoint import CheckpointError, PinnedLinear, checkpoint_sizes, load_packed, save_packed
 
 
-class HandQuant(nn.Linear):
+class HandQuant(QuantizedLinear):
     "Per-row symmetric quantization with scale and zero point stored at chosen dtypes (for hand-counted sizes)."
     def __init__(self, lin, bits, scale_dtype=torch.float32, zp_dtype=torch.float32, per_row_zp=False):
         super().__init__(lin.in_features, lin.out_features, lin.bias is not None)
         self.load_state_dict(lin.state_dict())
-        self.bits, self.quant_enabled = bits, True
+        self.bits = bits
         self.scale_dtype, self.zp_dtype, self.per_row_zp = scale_dtype, zp_dtype, per_row_zp
     def qweight(self):
         w = self.weight.detach()
@@ -149,26 +151,36 @@ def test_mismatched_configuration_names_the_layer(ckpt, other, layer):
     with pytest.raises(CheckpointError, match=f"layer '{layer}'"): load_packed(other(), path)
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.data())
-def test_corruption_fails_cleanly_or_loads_exactly(ckpt, data):
-    m, path = ckpt
-    raw = path.read_bytes()
-    d = Path(tempfile.mkdtemp())
+def damaged(raw: bytes, data) -> Path:
+    "A copy of the file bytes `raw`, truncated or with one byte flipped (as hypothesis draws), written to a fresh folder."
     if data.draw(st.booleans(), label='truncate'):
         bad = raw[:data.draw(st.integers(0, len(raw) - 1), label='keep')]
     else:
         pos, flip = data.draw(st.integers(0, len(raw) - 1), label='pos'), data.draw(st.integers(1, 255), label='xor')
         bad = bytearray(raw); bad[pos] ^= flip; bad = bytes(bad)
-    (d/'bad.safetensors').write_bytes(bad)
-    target = _quantized(2)
+    path = Path(tempfile.mkdtemp())/'bad.safetensors'
+    path.write_bytes(bad)
+    return path
+
+
+def fails_cleanly_or_loads_exactly(load, target, path, out, ref):
+    "`load(target, path)` raises a CheckpointError and leaves `target` as it was, or loads it to outputs `ref` exactly."
     before = {k: v.clone() for k, v in target.state_dict().items()}
+    kinds = [type(m) for m in target.modules()]
     try:
-        load_packed(target, d/'bad.safetensors')
+        load(target, path)
     except CheckpointError:
+        assert [type(m) for m in target.modules()] == kinds, 'layers changed'
         assert all(torch.equal(before[k], v) for k, v in target.state_dict().items()), 'half-loaded'
     else:  # a flip that leaves the file meaning the same (e.g. in header padding) must still load exactly
-        assert torch.equal(_out(target), _out(m))
+        assert torch.equal(out(target), ref)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_corruption_fails_cleanly_or_loads_exactly(ckpt, data):
+    m, path = ckpt
+    fails_cleanly_or_loads_exactly(load_packed, _quantized(2), damaged(path.read_bytes(), data), _out, _out(m))
 
 
 # ---- every method of the package round-trips exactly through a packed checkpoint ----------------
@@ -205,3 +217,72 @@ def test_profiling_prints_nothing():
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == 'ok', r.stderr
     assert 'profiler_start' not in r.stderr and 'gpuGetDeviceCount' not in r.stderr, r.stderr
+
+
+# ---- files of the retired format, pinned layers, the names tq_nb.memory keeps ------------------------------
+FIXTURES = Path(__file__).parent/'fixtures'/'checkpoints'
+
+def _fixture_model(seed):
+    "The model tests/fixtures/checkpoints/make_v1_fixtures.py saved, built again from `seed`."
+    from tq_nb.quantize import quantize_
+    from tq_nb.binarize import binarize_
+    m = build_model('tiny', n_classes=3, vocab_size=50, seed=seed)
+    quantize_(m, 'mha', bits=4, per_channel=True)
+    binarize_(m, 'ffn', method='scaled', binarize_act=True)
+    return m.eval()
+
+
+@pytest.fixture(scope='module')
+def expected():
+    from safetensors.torch import load_file
+    return load_file(FIXTURES/'expected.safetensors')
+
+
+def _fixture_out(ids):
+    def out(m):
+        with torch.no_grad(): return m(ids)
+    return out
+
+
+def test_retired_packed_format_loads_exactly(expected, tmp_path):
+    out = _fixture_out(expected['ids'])
+    m = load_packed(_fixture_model(1), FIXTURES/'packed_v1.safetensors')
+    assert torch.equal(out(m), expected['packed_logits'])
+    assert isinstance(m.layers[0].ffn.w1, PinnedLinear) and not isinstance(m.layers[0].mha.q, PinnedLinear)
+    again = load_packed(_fixture_model(2), save_packed(m, tmp_path/'v2.safetensors'))
+    assert torch.equal(out(again), expected['packed_logits'])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_retired_packed_format_corruption_is_caught(expected, data):
+    path = damaged((FIXTURES/'packed_v1.safetensors').read_bytes(), data)
+    fails_cleanly_or_loads_exactly(load_packed, _fixture_model(3), path, _fixture_out(expected['ids']), expected['packed_logits'])
+
+
+def test_pinned_layer_is_a_class_not_patched_methods(expected):
+    from tq_nb.binarize import BinaryLinear
+    m = load_packed(_fixture_model(1), FIXTURES/'packed_v1.safetensors')
+    layer = m.layers[0].ffn.w1
+    assert type(layer).__name__ == 'PinnedBinaryLinear' and isinstance(layer, BinaryLinear)
+    assert not {'forward', 'qweight', 'to_linear'} & set(vars(layer)), 'methods patched on the instance'
+    assert 'pinned to stored 1-bit codes' in repr(layer)
+    load_packed(m, save_packed(_fixture_model(4), Path(tempfile.mkdtemp())/'other.safetensors'))   # loading again re-pins
+    assert type(m.layers[0].ffn.w1) is type(layer)
+
+
+def test_other_kind_and_other_format_are_named():
+    with pytest.raises(CheckpointError, match='holds a converted integer model .written by save_int.: load it with load_int'):
+        load_packed(_fixture_model(0), FIXTURES/'deploy_v1.safetensors')
+    with pytest.raises(CheckpointError, match="is not a tq_nb.lowbit/1 checkpoint .format None."):
+        load_packed(_fixture_model(0), FIXTURES/'expected.safetensors')
+
+
+def test_memory_keeps_the_names_it_had():
+    "Code written before chapter 05 was split imports size accounting and checkpoints from tq_nb.memory."
+    from tq_nb import checkpoint, memory, size
+    for n in ('PACK_WIDTHS', 'pack_bits', 'unpack_bits', 'packed_nbytes', 'packed_width', 'param_table', 'quantized_layers',
+              'size_breakdown', 'model_size'):
+        assert getattr(memory, n) is getattr(size, n), n
+    for n in ('save_packed', 'load_packed', 'checkpoint_sizes', 'packed_tensors', 'CheckpointError'):
+        assert getattr(memory, n) is getattr(checkpoint, n), n
