@@ -1,6 +1,7 @@
 """Property tests for tq_nb.deploy: the integer GEMM is exact, integer weights stand for exactly the quantized
 values, per-token quantization stays within half a step, an IntLinear stays within the derived bound of the
-float layer, and a saved checkpoint reloads to the same outputs."""
+float layer, and a saved checkpoint reloads to the same outputs — or, damaged or for another model, fails with a
+CheckpointError and leaves the model as it was."""
 import warnings
 
 import pytest
@@ -11,7 +12,8 @@ from torch import nn
 
 from tq_nb.deploy import (IntLinear, NotConvertible, convert_, int8_weight, int_mm, load_int, quantize_per_token,
                           quantize_static, requantize_int8, save_int, to_int)
-from tq_nb.transformer import QWeight, build_model, replace_linears_
+from tq_nb.checkpoint import CheckpointError
+from tq_nb.transformer import InputQuantizer, QuantizedLinear, QWeight, build_model, replace_linears_
 from tq_nb.quantize import fake_quant, qrange
 
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -24,9 +26,8 @@ def codes_qweight(n, k, bits, zero, seed):
     return QWeight(codes, bits, torch.rand(n, 1, generator=g) + 0.01, torch.tensor(float(zero)))
 
 
-class StandIn(nn.Linear):
+class StandIn(QuantizedLinear):
     "A minimal quantized layer following the contract: symmetric per-channel codes, zero point half-way."
-    quant_enabled = True
     bits = 4
     def qweight(self):
         zero = (2**self.bits - 1) / 2
@@ -158,18 +159,20 @@ def test_bad_input():
     with pytest.raises(ValueError, match='already converted'): convert_(to_int(stand_in_model(4)))
 
 
-class InputQuant(nn.Module):
+class InputQuant(InputQuantizer):
     "Stand-in for a trained input quantizer: scale, zero point, bits and qmin, as chapter 03's exposes."
     def __init__(self, scale, zero_point, bits=8, qmin=0):
         super().__init__()
         self.register_buffer('scale', torch.tensor(float(scale))); self.register_buffer('zero_point', torch.tensor(float(zero_point)))
         self.bits, self.qmin = bits, qmin
+    calibrated = True
     def forward(self, x): return fake_quant(x, self.scale, self.zero_point, self.qmin, 2**self.bits - 1)
 
 
 class FullStandIn(StandIn):
     "Stand-in for a fully quantized layer: fake-quantized input, then the quantized weight."
     def forward(self, x): return super().forward(self.act(x))
+    def input_quantizer(self): return self.act
 
 
 def full_stand_in_model(scale=0.05, zero=128., a_bits=8):
@@ -230,3 +233,55 @@ def test_moving_decides_the_split_again():
     y_split = lin(x)
     lin.split = False
     if int_mm_exact('cpu'): assert torch.equal(lin(x), y_split)
+
+
+@pytest.fixture(scope='module')
+def int_ckpt(tmp_path_factory):
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        im = to_int(stand_in_model(4))
+    return im, save_int(im, tmp_path_factory.mktemp('int')/'m.safetensors')
+
+
+def _out(m):
+    with torch.no_grad(): return m(torch.arange(1, 33).reshape(2, 16) % 50)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_damaged_checkpoint_fails_cleanly_or_loads_exactly(int_ckpt, data):
+    "A truncated or flipped file raises a CheckpointError (a model passed in keeps its layers and values), or loads exactly."
+    import test_memory
+    im, path = int_ckpt
+    bad = test_memory.damaged(path.read_bytes(), data)
+    def load(target, p): return load_int(p, model=target)
+    test_memory.fails_cleanly_or_loads_exactly(load, build_model('tiny', n_classes=4, vocab_size=50, seed=2), bad, _out, _out(im))
+    try: assert torch.equal(_out(load_int(bad)), _out(im))
+    except CheckpointError: pass
+
+
+def test_checkpoint_of_another_model_is_named(int_ckpt):
+    _, path = int_ckpt
+    wider = build_model('tiny', n_classes=4, vocab_size=50, d_ff=128, seed=0)
+    with pytest.raises(CheckpointError, match=r"layer 'layers\.0\.ffn\.w1': .* has int weights of shape \(64, 32\), the model a Linear of shape \(128, 32\)"):
+        load_int(path, model=wider)
+    assert type(wider.layers[0].ffn.w1) is nn.Linear
+    more = build_model('tiny', n_classes=5, vocab_size=50, seed=0)
+    with pytest.raises(CheckpointError, match='n_classes 4 in the checkpoint, 5 in the model'): load_int(path, model=more)
+    with pytest.raises(CheckpointError, match='holds a fake-quantized model'):
+        from tq_nb.checkpoint import save_packed
+        load_int(save_packed(stand_in_model(4), path.parent/'fake.safetensors'))
+
+
+def test_retired_deploy_format_loads_with_a_warning(tmp_path):
+    from pathlib import Path
+    from safetensors.torch import load_file
+    fixtures = Path(__file__).parent/'fixtures'/'checkpoints'
+    e = load_file(fixtures/'expected.safetensors')
+    with pytest.warns(UserWarning, match='retired format tq_nb.deploy/1, which has no checksum'):
+        old = load_int(fixtures/'deploy_v1.safetensors')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')     # rewritten in the checksummed format: no warning
+        new = load_int(save_int(old, tmp_path/'v2.safetensors'))
+    with torch.no_grad():
+        assert torch.equal(old(e['ids']), e['deploy_logits']) and torch.equal(new(e['ids']), e['deploy_logits'])

@@ -4,27 +4,26 @@
 
 # %% ../nbs/08_deploy.ipynb #180093da
 from __future__ import annotations
-import copy, functools, json, warnings
-from dataclasses import asdict
+import copy, functools, warnings
 from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from safetensors import safe_open
-from safetensors.torch import load as st_load, save as st_save
 
-from .data import atomic_write_bytes
-from .transformer import (EncoderClassifier, ModelConfig, QWeight, replace_linears_, select_linears)
-from .memory import pack_bits, packed_nbytes, unpack_bits
+from .transformer import (EncoderClassifier, InputQuantizer, IntegerLinear, ModelConfig, QuantizedLinear, QWeight,
+                               replace_linears_, select_linears)
+from .size import pack_bits, packed_nbytes, unpack_bits
+from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, check_tensors, config_hint, model_config,
+                              read_checkpoint, tensor_layout, write_checkpoint)
 from . import xnor
 from .xnor import XnorLinear
 
 # %% auto #0
-__all__ = ['ACTS', 'ACT_MODES', 'BINARY_MODES', 'CHECKPOINT_FORMAT', 'int_mm_exact', 'int_mm', 'int8_weight', 'requantize_int8',
-           'quantize_per_token', 'quantize_static', 'binary_codes', 'IntLinear', 'NotConvertible', 'convert_', 'to_int',
-           'int_summary', 'save_int', 'load_int']
+__all__ = ['ACTS', 'ACT_MODES', 'BINARY_MODES', 'int_mm_exact', 'int_mm', 'int8_weight', 'requantize_int8', 'quantize_per_token',
+           'quantize_static', 'binary_codes', 'IntLinear', 'NotConvertible', 'convert_', 'to_int', 'int_summary',
+           'save_int', 'load_int']
 
 # %% ../nbs/08_deploy.ipynb #374b31df
 @torch.compiler.disable   # a probe, run eagerly even when called from compiled code
@@ -107,7 +106,7 @@ def binary_codes(x: torch.Tensor, post_relu: bool = False) -> torch.Tensor:
 # %% ../nbs/08_deploy.ipynb #bd2915a7
 ACTS = ('dynamic', 'static', 'sign', 'step')
 
-class IntLinear(nn.Module):
+class IntLinear(IntegerLinear):
     "A Linear that stores integer weights (packed at `bits`) and computes int8 × int8 → int32 with `torch._int_mm`."
     def __init__(self, in_features: int, out_features: int, bits: int = 8, bias: bool = True, act: str = 'dynamic',
                  act_bits: int = 8, act_qmin: int = 0, requantized: bool = False):
@@ -196,31 +195,26 @@ BINARY_MODES = ('int8', 'xnor', 'auto')
 class NotConvertible(ValueError):
     "A quantized layer the integer path cannot run."
 
-def _input_quantizer(m: nn.Module):
-    "The trained input quantizer of a fully quantized layer (chapter 03 calls it `act`), or None."
-    aq = getattr(m, 'act', None)
-    return aq if hasattr(aq, 'scale') and hasattr(aq, 'zero_point') else None
-
-def _trained_range(name: str, aq) -> tuple:
+def _trained_range(name: str, aq: InputQuantizer) -> tuple:
     "`(scale, zero_point, bits, qmin)` of input quantizer `aq`, checked to be calibrated."
-    seen = getattr(aq, 'initialized', getattr(getattr(aq, 'range', None), 'seen', True))
+    seen = aq.calibrated
     scale, zero = (torch.as_tensor(getattr(aq, k)).detach().float() for k in ('scale', 'zero_point'))
     if scale.numel() != 1 or zero.numel() != 1:
         raise NotConvertible(f"{name}: the integer path needs one input scale per layer, got shape {tuple(scale.shape)}")
     if not (bool(seen) and torch.isfinite(scale) and scale > 0 and torch.isfinite(zero)):
         raise NotConvertible(f"{name}: its input quantizer was never calibrated (scale={scale.item()}, "
                              f"zero_point={zero.item()}); run calibrate_ or train the model first")
-    return scale, zero, int(aq.bits), int(getattr(aq, 'qmin', 0))
+    return scale, zero, int(aq.bits), int(aq.qmin)
 
-def _to_int_linear(name: str, m: nn.Module, act: str, lazy: bool, binary: str = 'int8') -> IntLinear | XnorLinear:
+def _to_int_linear(name: str, m: QuantizedLinear, act: str, lazy: bool, binary: str = 'int8') -> IntLinear | XnorLinear:
     "The `IntLinear` (or, per `binary`, the `XnorLinear`) for quantized layer `m`, or `NotConvertible` saying why not."
-    if not getattr(m, 'quant_enabled', True):
+    if not m.quant_enabled:
         raise NotConvertible(f"{name}: quantization is switched off (quant_enabled=False), so the model computes "
                              f"this layer in float; switch it on with set_quant_(model, True) first")
     qw = m.qweight()
     if not (isinstance(qw.bits, int) and 1 <= qw.bits <= 8):
         raise NotConvertible(f"{name}: {qw.bits}-bit weights; the integer path supports 1..8 bits")
-    aq, rng, mode = _input_quantizer(m), None, 'dynamic'
+    aq, rng, mode = m.input_quantizer(), None, 'dynamic'
     if getattr(m, 'binarize_act', False):
         on_cpu = qw.codes.device.type == 'cpu'
         if qw.bits == 1 and (binary == 'xnor' or (binary == 'auto' and xnor.HAVE_NUMBA and on_cpu)):
@@ -237,11 +231,11 @@ def convert_(model: nn.Module, act: str = 'auto', allow_float: bool = False, laz
     if binary not in BINARY_MODES: raise ValueError(f"binary must be one of {BINARY_MODES}, got {binary!r}")
     if binary == 'auto' and not xnor.HAVE_NUMBA:
         warnings.warn("binary='auto': numba is not installed, so binarized layers with binarized inputs use the int8 path")
-    names = [n for n, m in select_linears(model).items() if hasattr(m, 'qweight')]
-    if not names and any(isinstance(m, (IntLinear, XnorLinear)) for m in model.modules()):
+    names = [n for n, m in select_linears(model).items() if isinstance(m, QuantizedLinear)]
+    if not names and any(isinstance(m, IntegerLinear) for m in model.modules()):
         raise ValueError("model is already converted (it has IntLinear layers and no fake-quantized ones)")
     if not names:
-        msg = "model has no quantized layers (no Linear with qweight()); quantize it first (quantize_, fully_quantize_ or binarize_)"
+        msg = "model has no quantized layers (no QuantizedLinear); quantize it first (quantize_, fully_quantize_ or binarize_)"
         if not allow_float: raise ValueError(msg + ", or pass allow_float=True to keep it in float")
         warnings.warn(msg + "; allow_float=True, so the model stays in float")
         return model
@@ -251,7 +245,7 @@ def convert_(model: nn.Module, act: str = 'auto', allow_float: bool = False, laz
         except NotConvertible as e:
             if not allow_float: raise NotConvertible(f"{e}; or pass allow_float=True to keep such layers in float") from None
             kept_float.append(str(e))
-            return m.to_linear(bake=bool(getattr(m, 'quant_enabled', True)))
+            return m.to_linear(bake=m.quant_enabled)
     replace_linears_(model, names, make)
     for e in kept_float: warnings.warn(f"{e}; allow_float=True, so it stays a float Linear")
     requantized = [n for n, m in model.named_modules() if isinstance(m, IntLinear) and m.requantized]
@@ -278,56 +272,59 @@ def int_summary(model: nn.Module) -> pd.DataFrame:
             rows.append(dict(layer=name, compute='XNOR-popcount', weight_bits=1, activations='{0,1}' if m.post_relu else '±1',
                              requantized=False, weight_bytes=m.words.numel() * m.words.element_size()))
         elif isinstance(m, nn.Linear):
-            kind = 'fake-quantized float' if hasattr(m, 'qweight') else 'float'
+            kind = 'fake-quantized float' if isinstance(m, QuantizedLinear) else 'float'
             rows.append(dict(layer=name, compute=kind, weight_bits=32, activations='float', requantized=False,
                              weight_bytes=m.weight.numel() * m.weight.element_size()))
     return pd.DataFrame(rows).set_index('layer')
 
 # %% ../nbs/08_deploy.ipynb #1bb74d17
-CHECKPOINT_FORMAT = 'tq_nb.deploy/1'
-
 def _int_layers(model: nn.Module) -> dict:
     return {n: m for n, m in model.named_modules() if isinstance(m, (IntLinear, XnorLinear))}
 
-def _layer_spec(m) -> dict:
-    "What `load_int` needs to rebuild layer `m` before loading its tensors."
-    if isinstance(m, XnorLinear):
-        return dict(kind='xnor', in_features=m.in_features, out_features=m.out_features, bias=m.bias is not None, post_relu=m.post_relu)
-    return dict(in_features=m.in_features, out_features=m.out_features, bits=m.bits, bias=m.bias is not None,
-                act=m.act, act_bits=m.act_bits, act_qmin=m.act_qmin, requantized=m.requantized)
+def _layer_spec(m: IntLinear | XnorLinear) -> dict:
+    "The checkpoint record of integer layer `m`: its kind, bits and shape, and what `load_int` needs to rebuild it."
+    common = dict(shape=[m.out_features, m.in_features], in_features=m.in_features, out_features=m.out_features, bias=m.bias is not None)
+    if isinstance(m, XnorLinear): return dict(kind='xnor', bits=1, **common, post_relu=m.post_relu)
+    return dict(kind='int', bits=m.bits, **common, act=m.act, act_bits=m.act_bits, act_qmin=m.act_qmin, requantized=m.requantized)
 
 def _from_spec(spec: dict) -> IntLinear | XnorLinear:
-    kw = {k: v for k, v in spec.items() if k != 'kind'}
-    return XnorLinear(**kw) if spec.get('kind') == 'xnor' else IntLinear(**kw)
+    kw = {k: v for k, v in spec.items() if k not in ('kind', 'shape')}
+    if spec['kind'] == 'xnor': return XnorLinear(**{k: v for k, v in kw.items() if k != 'bits'})
+    return IntLinear(**kw)
 
 def save_int(model: nn.Module, path) -> Path:
-    "Write converted `model` to `path` as a low-bit safetensors checkpoint (atomically); returns the path."
+    "Write converted `model` to `path` as a low-bit checkpoint (chapter 05b's format, atomically); returns the path."
     layers = _int_layers(model)
     if not layers: raise ValueError("model has no IntLinear (or XnorLinear) layers; convert it first with convert_ or to_int")
-    cfg = getattr(model, 'cfg', None)
-    spec = {n: _layer_spec(m) for n, m in layers.items()}
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    meta = dict(format=CHECKPOINT_FORMAT, config=json.dumps(asdict(cfg) if isinstance(cfg, ModelConfig) else None), int_layers=json.dumps(spec))
-    return atomic_write_bytes(path, st_save(tensors, metadata=meta))
+    config = model_config(model) if isinstance(getattr(model, 'cfg', None), ModelConfig) else None
+    return write_checkpoint(path, model.state_dict(), {n: _layer_spec(m) for n, m in layers.items()}, 'integer', config)
 
 def load_int(path, model: nn.Module | None = None, lazy: bool = False) -> nn.Module:
-    "The converted model saved at `path`, built from its metadata (or into `model`), in eval mode."
-    with safe_open(str(path), 'pt') as f: meta = f.metadata() or {}
-    if meta.get('format') != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a tq_nb integer checkpoint (format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
-    tensors = st_load(Path(path).read_bytes())
+    "The converted model saved at `path`, built from its metadata (or into `model`, all or nothing), in eval mode."
+    tensors, meta = read_checkpoint(path, 'integer')
     if model is None:
-        cfg = json.loads(meta['config'])
-        if cfg is None: raise ValueError(f"{path} holds a model that is not an EncoderClassifier, so load_int cannot build it: "
-                                         f"pass it as `model`, built the same way (a Hugging Face model from its config)")
-        model = EncoderClassifier(ModelConfig(**cfg))
-    spec = json.loads(meta['int_layers'])
-    replace_linears_(model, list(spec), lambda name, m: _from_spec(spec[name]))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}; a model with "
-                         f"parts a plain EncoderClassifier lacks (such as quantized attention inputs) must be passed as `model`, "
-                         f"built the same way")
+        if meta['config'] is None:
+            raise CheckpointError(f"{path} holds a model that is not an EncoderClassifier, so load_int cannot build it: "
+                                  f"pass it as `model`, built the same way (a Hugging Face model from its config)")
+        model, trial, hint = None, EncoderClassifier(ModelConfig(**meta['config'])), (
+            "; a model with parts a plain EncoderClassifier lacks (such as quantized attention inputs) must be passed as "
+            "`model`, built the same way")
+    else: trial, hint = copy.deepcopy(model), config_hint(meta['config'], model)
+    spec = meta['layers']
+    def rebuild(name, m):
+        want, got = (m.out_features, m.in_features), tuple(spec[name]['shape'])
+        if got != want: raise CheckpointError(f"layer {name!r}: {path} has {spec[name]['kind']} weights of shape {got}, "
+                                              f"the model a Linear of shape {want}{hint}")
+        return _from_spec(spec[name])
+    try: replace_linears_(trial, list(spec), rebuild)
+    except CheckpointError: raise
+    except (TypeError, ValueError) as e: raise CheckpointError(f"{path} does not fit the model: {e}") from None
+    check_tensors(path, tensors, tensor_layout(trial.state_dict()), hint)
+    trial.load_state_dict(tensors)
+    if model is not None:   # the file fits: move the loaded layers into the model, then the rest of its state
+        replace_linears_(model, list(spec), lambda name, m: trial.get_submodule(name))
+        model.load_state_dict(tensors)
+    model = trial if model is None else model
     if not lazy:
         for m in _int_layers(model).values():
             if isinstance(m, IntLinear): m.unpack_()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from torch import nn
 
-from .memory import pack_bits, unpack_bits
+from .size import pack_bits, unpack_bits
 from .transformer import IntegerLinear, QWeight
 
 try:
