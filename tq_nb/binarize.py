@@ -124,16 +124,6 @@ class BinaryLinear(QuantizedLinear):
         self.quant_enabled = True
         self.t, self.k = ir_net_t(0, 1)
 
-    @classmethod
-    def from_linear(cls, lin: nn.Linear, method: str = 'basic', binarize_act: bool = False, post_relu: bool = False):
-        "A `BinaryLinear` with the weights of `lin` (copied; no random initialization is drawn)."
-        new = nn.utils.skip_init(cls, lin.in_features, lin.out_features, bias=lin.bias is not None, method=method,
-                                 binarize_act=binarize_act, post_relu=post_relu, device=lin.weight.device, dtype=lin.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(lin.weight)
-            if lin.bias is not None: new.bias.copy_(lin.bias)
-        return new.train(lin.training)
-
     @property
     def uses_ede(self) -> bool:
         "Whether this layer trains with EDE and follows its t/k schedule (the IR-Net methods)."
@@ -178,16 +168,6 @@ def qweight(self: BinaryLinear) -> QWeight:
     "The binary weight as 1-bit codes: `+α` ↦ 1, `−α` ↦ 0, value = (code − ½)·2α, 2α per output channel."
     codes, alpha = self._codes_and_alpha()
     return QWeight(codes.to(torch.uint8), 1, 2 * alpha, torch.tensor(0.5, dtype=alpha.dtype, device=alpha.device))
-
-@patch
-def to_linear(self: BinaryLinear, bake: bool = True) -> nn.Linear:
-    "A plain `nn.Linear` with the binary weight if `bake`, else the latent one (input binarization is dropped)."
-    lin = nn.utils.skip_init(nn.Linear, self.in_features, self.out_features, bias=self.bias is not None,
-                             device=self.weight.device, dtype=self.weight.dtype)
-    with torch.no_grad():
-        lin.weight.copy_(self.qweight().dequantize() if bake else self.weight)
-        if self.bias is not None: lin.bias.copy_(self.bias)
-    return lin.train(self.training)
 
 # %% ../nbs/04_binarize.ipynb #64a24ddc
 PATTERNS = {'MHA': 'mha', 'FFN': 'ffn', 'CLS': 'cls', 'ALL': 'all|~cls.final', 'ALL_FINAL': 'all',

@@ -166,14 +166,6 @@ class QuantLinear(QuantizedLinear):
         self.grid = check_grid(grid, self.bits, self.symmetric, self.rounding)
         self.quant_enabled = True
 
-    @classmethod
-    def from_linear(cls, lin: nn.Linear, **settings):
-        "A `cls` layer that shares `lin`'s weight and bias (trained values kept), with quantizer `settings`."
-        new = cls(lin.in_features, lin.out_features, lin.bias is not None, device=lin.weight.device,
-                  dtype=lin.weight.dtype, **settings)
-        new.weight, new.bias = lin.weight, lin.bias
-        return new
-
     def quantized_weight(self) -> torch.Tensor:
         "The weight `forward` uses: fake-quantized (stochastic rounding only in training), or latent when off."
         if not self.quant_enabled: return self.weight
@@ -202,15 +194,6 @@ def qweight(self: QuantLinear) -> QWeight:
     if self.grid == 'twn': return twn_qweight(self.weight, self.per_channel)
     s, zp = qparams(self.weight, self.bits, self.symmetric, self.per_channel)
     return QWeight(quantize_codes(self.weight, s, zp, *qrange(self.bits, self.symmetric)), self.bits, s, zp)
-
-@patch
-def to_linear(self: QuantLinear, bake: bool = True) -> nn.Linear:
-    "A plain `nn.Linear` with the quantized weight (`bake`) or the latent one, and a copy of the bias."
-    lin = nn.Linear(self.in_features, self.out_features, self.bias is not None, device=self.weight.device, dtype=self.weight.dtype)
-    with torch.no_grad():
-        lin.weight.copy_(self.qweight().dequantize() if bake else self.weight)
-        if self.bias is not None: lin.bias.copy_(self.bias)
-    return lin
 
 # %% ../nbs/02_quantize.ipynb #b0ec27f6
 def quantize_(model: nn.Module, parts='all', bits: int = 8, symmetric: bool = True, per_channel: bool = False,

@@ -333,6 +333,25 @@ class QuantizedLinear(nn.Linear):
         "The module that quantizes this layer's input, or None if the input stays float."
         return None
 
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, *args, **settings):
+        "A `cls` layer sharing `lin`'s weight and bias (no random init drawn); `args` and `settings` go to `cls`."
+        if not isinstance(lin, nn.Linear): raise ValueError(f"lin must be an nn.Linear, got {type(lin).__name__}")
+        with torch.random.fork_rng(devices=[]):  # nn.Linear.__init__ draws an init we discard: keep the caller's stream
+            new = cls(lin.in_features, lin.out_features, lin.bias is not None, *args,
+                      device=lin.weight.device, dtype=lin.weight.dtype, **settings)
+        new.weight, new.bias = lin.weight, lin.bias
+        return new.train(lin.training)
+
+    def to_linear(self, bake: bool = True) -> nn.Linear:
+        "A plain `nn.Linear` with the weight `qweight()` stands for (`bake`) or the latent one, and a copy of the bias."
+        lin = nn.utils.skip_init(nn.Linear, self.in_features, self.out_features, bias=self.bias is not None,
+                                 device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(self.qweight().dequantize() if bake else self.weight)
+            if self.bias is not None: lin.bias.copy_(self.bias)
+        return lin.train(self.training)
+
 class InputQuantizer(nn.Module):
     "Base of the modules that fake-quantize a layer's input: `bits`, lowest code `qmin`, `scale`, `zero_point`, `calibrated`."
     @property
