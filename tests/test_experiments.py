@@ -280,3 +280,18 @@ def test_summary_table_mean_and_std(tmp_path):
     assert t.seeds == 3 and t.original == 91.6
     assert abs(t.test_acc_at_best_mean - pd.Series(accs).mean()) < 1e-12
     assert abs(t.test_acc_at_best_std - pd.Series(accs).std()) < 1e-12
+
+
+def test_run_identifies_a_run_and_rejects_bad_arguments(tmp_path):
+    from tq_nb.experiments import Run, run_config, run_tag, train_command
+    r = Run(FP, 1, 'tiny', 2, 30, res_dir=tmp_path)
+    assert (r.tag, r.n_epochs) == (run_tag('tiny', 2, 30), 2) == ('tiny_e2_n30', 2)
+    assert r.result_path == result_path(FP, 1, r.tag, tmp_path) == tmp_path/'synthetic/tiny_e2_n30/fp/seed1.json'
+    assert r.config == run_config(FP, 'tiny', 2, 30) and r.train_command == train_command(FP, 1, 'tiny', 2, 30)
+    with pytest.raises(ValueError, match='seed must be an int >= 0, got True'): Run(FP, True)
+    with pytest.raises(ValueError, match=re.escape(f"preset must be one of {list(PRESETS)}, got 'big'")): Run(FP, 0, 'big')
+    with pytest.raises(ValueError, match='seed must be an int >= 0, got False'): run_experiment(FP, False, **kw(tmp_path))
+    p = tmp_path/'synthetic/tiny/fp/seed0.json'
+    p.parent.mkdir(parents=True)
+    p.write_text('')
+    with pytest.raises(ValueError, match='seed0.json is not a result JSON'): load_results(tmp_path)

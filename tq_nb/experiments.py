@@ -5,33 +5,36 @@
 # %% ../nbs/07_experiments.ipynb #bdbc6536
 from __future__ import annotations
 import json, os, platform, shlex, shutil, socket, subprocess, sys, time
-from dataclasses import dataclass, asdict, replace, fields
+from dataclasses import dataclass, asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 import torch
+from fastcore.basics import patch
 from fastcore.script import call_parse, Param, store_true
 from torch.utils.data import DataLoader, Subset
 
 import tq_nb
+from .binarize import EDE_METHODS, METHODS as BINARIZE_METHODS, PATTERNS
+from .checks import check_bool, check_choice, check_float, check_int, check_module
 from .data import DATASETS, atomic_write_bytes, data_dir, get_dls, project_root
 from .learner import Learner, default_milestones, get_device, init_from_checkpoint_, select_best, to_device
 from .transformer import PRESETS, build_model
 
 # %% auto #0
 __all__ = ['METHODS', 'BINARIZERS', 'EDE_BINARIZERS', 'EXPERIMENTS', 'ORIGINAL_ROWS', 'EXP1', 'BIN_SCALED_PARTS', 'EXP2', 'EXP3',
-           'SUITES', 'PATTERN_CHOICES', 'Experiment', 'check_experiment', 'experiment_parts', 'get_experiment',
-           'experiments_table', 'Suite', 'get_suite', 'suite_experiments', 'run_tag', 'default_res_dir', 'result_path',
-           'ckpt_path', 'load_data', 'apply_method_', 'calibration_batches', 'calibrate_model_', 'build_variant',
-           'run_config', 'train_command', 'environment', 'read_result', 'write_json', 'RunInProgress', 'lock_run',
-           'prepare_ckpt_dir', 'run_experiment', 'fp_checkpoint', 'run_suite', 'load_results', 'summary_table',
-           'format_summary', 'experiment_from_flags', 'tq_train', 'list_text', 'tq_experiments']
+           'SUITES', 'PATTERN_CHOICES', 'Experiment', 'check_name', 'check_frame', 'check_path', 'check_experiment',
+           'experiment_parts', 'get_experiment', 'experiments_table', 'Suite', 'get_suite', 'suite_experiments',
+           'run_tag', 'checkout_dir', 'default_res_dir', 'result_path', 'ckpt_path', 'Run', 'suite_runs', 'load_data',
+           'apply_method_', 'calibration_batches', 'calibrate_model_', 'variant_model', 'build_variant', 'run_config',
+           'train_command', 'environment', 'read_result', 'write_json', 'RunInProgress', 'lock_run', 'prepare_ckpt_dir',
+           'run_experiment', 'fp_checkpoint', 'run_suite', 'load_results', 'summary_table', 'format_summary',
+           'experiment_from_flags', 'tq_train', 'list_text', 'tq_experiments']
 
 # %% ../nbs/07_experiments.ipynb #285944a1
 METHODS = ('fp', 'quantize', 'fully', 'binarize')
-BINARIZERS = ('basic', 'scaled', 'irnet', 'irnet_scaled')
-EDE_BINARIZERS = ('irnet', 'irnet_scaled')  # the binarizers with IR-Net's t/k schedule
+BINARIZERS, EDE_BINARIZERS = BINARIZE_METHODS, EDE_METHODS  # chapter 04's binarizers, and those with IR-Net's t/k schedule
 
 @dataclass(frozen=True)
 class Experiment:
@@ -58,53 +61,76 @@ class Experiment:
 
     def __post_init__(self): check_experiment(self)
 
+# %% ../nbs/07_experiments.ipynb #d6a314bb
+def check_name(name: str, v, registry) -> str:
+    "`v` if it is one of the names of `registry` (a dict), else a `ValueError` listing them."
+    try: return check_choice(name, v, registry)
+    except ValueError: raise ValueError(f"{name} must be one of {list(registry)}, got {v!r}") from None
+
+def check_frame(name: str, df) -> pd.DataFrame:
+    "`df` if it is a pandas DataFrame, else a `ValueError` saying what it got."
+    if not isinstance(df, pd.DataFrame): raise ValueError(f"{name} must be a pandas DataFrame, got {type(df).__name__}")
+    return df
+
+def check_path(name: str, v):
+    "`v` if it is a path (a str or `Path`) or None (the default folder), else a `ValueError`."
+    if v is not None and not isinstance(v, (str, os.PathLike)):
+        raise ValueError(f"{name} must be a path (str or Path) or None, got {type(v).__name__}")
+    return v
+
+def _maybe(check, name: str, v, *args):
+    "`check(name, v, *args)` unless `v` is None (an optional argument left out)."
+    return None if v is None else check(name, v, *args)
+
 # %% ../nbs/07_experiments.ipynb #be189c4f
-def _bits_ok(b): return isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 8
+def _check_recipe(e):
+    if not (isinstance(e.name, str) and e.name and e.name.replace('_', '').isalnum()):
+        raise ValueError("name must be a non-empty identifier of letters, digits and '_'")
+    check_choice('method', e.method, METHODS)
+    if e.method in ('quantize', 'fully'): check_int('bits', e.bits, 1, 8)
+    elif e.bits is not None: raise ValueError(f"bits must be None for {e.method} (binarization is 1-bit), got {e.bits!r}")
+    if e.method == 'fully': check_int('a_bits', e.a_bits, 1, 8)
+    elif e.a_bits is not None: raise ValueError(f"a_bits is only for method 'fully', got {e.a_bits!r}")
+    for k in ('lsq', 'pretrained', 'per_channel'): check_bool(k, getattr(e, k))
+    if e.lsq and e.method != 'fully': raise ValueError("lsq (learned step sizes) is only for method 'fully'")
+    check_choice('grid', e.grid, ('max', 'twn'))
+    if (e.grid != 'max' or e.per_channel) and e.method != 'quantize':
+        raise ValueError("grid and per_channel choose the weight grid of method 'quantize'")
+    if e.grid == 'twn' and e.bits != 2: raise ValueError(f"grid 'twn' is ternary: bits must be 2, got {e.bits!r}")
+    if not (isinstance(e.attn, str) and set(e.attn) <= set('qkpv')): raise ValueError(f"attn must be a string of the letters q, k, p, v, got {e.attn!r}")
+    if e.attn and e.method != 'fully': raise ValueError("attn (attention-product inputs) is only for method 'fully'")
+    check_choice('binarizer', e.binarizer, BINARIZERS)
+    if e.binarizer != 'basic' and e.method != 'binarize': raise ValueError(f"binarizer {e.binarizer!r} needs method 'binarize'")
+    if not (e.pattern is None or (isinstance(e.pattern, str) and e.pattern)):
+        raise ValueError(f"pattern must be None, a name of PATTERNS or a part selector, got {e.pattern!r}")
+    if e.method == 'fp' and (e.pattern is not None or e.pretrained or e.latent_epochs):
+        raise ValueError("a full-precision model takes no pattern, pretrained or latent_epochs")
+    check_int('latent_epochs', e.latent_epochs, 0)
+    if e.ir_net_per not in ('epoch', 'step'): raise ValueError(f"ir_net_per must be 'epoch' or 'step', got {e.ir_net_per!r}")
+    if e.ir_net_per != 'epoch' and not (e.method == 'binarize' and e.binarizer in EDE_BINARIZERS):
+        raise ValueError(f"ir_net_per {e.ir_net_per!r} needs method 'binarize' with a binarizer of {EDE_BINARIZERS}")
+    check_choice('dataset', e.dataset, DATASETS)
+    _maybe(check_name, 'preset', e.preset, PRESETS)
+    if _maybe(check_int, 'epochs', e.epochs, 1) is not None and e.epochs <= e.latent_epochs:
+        raise ValueError(f"epochs must be an int > latent_epochs ({e.latent_epochs}), got {e.epochs!r}")
+    if not (isinstance(e.seeds, tuple) and e.seeds): raise ValueError(f"seeds must be a non-empty tuple of ints >= 0, got {e.seeds!r}")
+    for s in e.seeds: check_int('each of seeds', s, 0)
+    _maybe(check_float, 'original', e.original, 0, 100)
+    if not isinstance(e.about, str): raise ValueError(f"about must be a str, got {type(e.about).__name__}")
 
 def check_experiment(e: Experiment) -> Experiment:
-    "Raise a ValueError with the reason if `e` is not a consistent recipe."
-    def bad(msg): raise ValueError(f"experiment {e.name!r}: {msg}")
-    if not (isinstance(e.name, str) and e.name and e.name.replace('_', '').isalnum()):
-        bad("name must be a non-empty identifier of letters, digits and '_'")
-    if e.method not in METHODS: bad(f"method must be one of {METHODS}, got {e.method!r}")
-    if e.method in ('quantize', 'fully') and not _bits_ok(e.bits): bad(f"bits must be an int in 1..8 for {e.method}, got {e.bits!r}")
-    if e.method in ('fp', 'binarize') and e.bits is not None: bad(f"bits must be None for {e.method} (binarization is 1-bit), got {e.bits!r}")
-    if e.method == 'fully' and not _bits_ok(e.a_bits): bad(f"a_bits must be an int in 1..8 for fully, got {e.a_bits!r}")
-    if e.method != 'fully' and e.a_bits is not None: bad(f"a_bits is only for method 'fully', got {e.a_bits!r}")
-    if e.lsq and e.method != 'fully': bad("lsq (learned step sizes) is only for method 'fully'")
-    if e.grid not in ('max', 'twn'): bad(f"grid must be 'max' or 'twn', got {e.grid!r}")
-    if (e.grid != 'max' or e.per_channel is not False) and e.method != 'quantize':
-        bad("grid and per_channel choose the weight grid of method 'quantize'")
-    if e.grid == 'twn' and e.bits != 2: bad(f"grid 'twn' is ternary: bits must be 2, got {e.bits!r}")
-    if not isinstance(e.per_channel, bool): bad(f"per_channel must be a bool, got {e.per_channel!r}")
-    if not (isinstance(e.attn, str) and set(e.attn) <= set('qkpv')): bad(f"attn must be a string of the letters q, k, p, v, got {e.attn!r}")
-    if e.attn and e.method != 'fully': bad("attn (attention-product inputs) is only for method 'fully'")
-    if e.binarizer not in BINARIZERS: bad(f"binarizer must be one of {BINARIZERS}, got {e.binarizer!r}")
-    if e.binarizer != 'basic' and e.method != 'binarize': bad(f"binarizer {e.binarizer!r} needs method 'binarize'")
-    if e.method == 'fp' and (e.pattern is not None or e.pretrained or e.latent_epochs):
-        bad("a full-precision model takes no pattern, pretrained or latent_epochs")
-    if not (isinstance(e.latent_epochs, int) and e.latent_epochs >= 0): bad(f"latent_epochs must be an int >= 0, got {e.latent_epochs!r}")
-    if e.ir_net_per not in ('epoch', 'step'): bad(f"ir_net_per must be 'epoch' or 'step', got {e.ir_net_per!r}")
-    if e.ir_net_per != 'epoch' and not (e.method == 'binarize' and e.binarizer in EDE_BINARIZERS):
-        bad(f"ir_net_per {e.ir_net_per!r} needs method 'binarize' with a binarizer of {EDE_BINARIZERS}")
-    if e.dataset not in DATASETS: bad(f"dataset must be one of {DATASETS}, got {e.dataset!r}")
-    if e.preset is not None and e.preset not in PRESETS: bad(f"preset must be one of {list(PRESETS)}, got {e.preset!r}")
-    if e.epochs is not None and not (isinstance(e.epochs, int) and e.epochs > e.latent_epochs):
-        bad(f"epochs must be an int > latent_epochs ({e.latent_epochs}), got {e.epochs!r}")
-    if not (isinstance(e.seeds, tuple) and e.seeds and all(isinstance(s, int) and s >= 0 for s in e.seeds)):
-        bad(f"seeds must be a non-empty tuple of ints >= 0, got {e.seeds!r}")
+    "`e` if it is a consistent recipe, else a `ValueError` naming the experiment and the reason."
+    if not isinstance(e, Experiment): raise ValueError(f"e must be an Experiment, got {type(e).__name__}")
+    try: _check_recipe(e)
+    except ValueError as err: raise ValueError(f"experiment {e.name!r}: {err}") from None
     return e
 
 # %% ../nbs/07_experiments.ipynb #2c8aad07
 def experiment_parts(e: Experiment) -> str:
     "The part selector `e` applies its method to."
-    if e.method == 'fp': return ''
+    if check_experiment(e).method == 'fp': return ''
     pattern = e.pattern if e.pattern is not None else ('ALL' if e.method == 'binarize' else 'all')
-    if pattern.isupper():
-        from tq_nb.binarize import PATTERNS
-        if pattern not in PATTERNS: raise ValueError(f"experiment {e.name!r}: pattern must be one of {list(PATTERNS)} or a part selector, got {pattern!r}")
-        return PATTERNS[pattern]
-    return pattern
+    return PATTERNS.get(pattern, pattern)
 
 # %% ../nbs/07_experiments.ipynb #b34a7acd
 def _registry() -> dict:
@@ -151,11 +177,11 @@ EXPERIMENTS = _registry()
 # %% ../nbs/07_experiments.ipynb #fcf1bb1d
 def get_experiment(name: str) -> Experiment:
     "The registered experiment called `name`; ValueError listing the valid names otherwise."
-    if name not in EXPERIMENTS: raise ValueError(f"experiment must be one of {list(EXPERIMENTS)}, got {name!r}")
-    return EXPERIMENTS[name]
+    return EXPERIMENTS[check_name('experiment', name, EXPERIMENTS)]
 
 def experiments_table(names=None) -> pd.DataFrame:
     "The registry (or the experiments `names`) as a table, one row per experiment."
+    if isinstance(names, str): raise ValueError(f"names must be a list of experiment names or None, got the str {names!r}")
     cols = ['method', 'bits', 'a_bits', 'pattern', 'binarizer', 'lsq', 'pretrained', 'latent_epochs', 'ir_net_per', 'grid', 'per_channel', 'attn', 'original', 'about']
     rows = [get_experiment(n) for n in (names or EXPERIMENTS)]
     df = pd.DataFrame([{c: getattr(e, c) for c in cols} for e in rows], index=pd.Index([e.name for e in rows], name='experiment'))
@@ -208,41 +234,109 @@ SUITES = {s.name: s for s in [
 # %% ../nbs/07_experiments.ipynb #781a4a91
 def get_suite(name: str) -> Suite:
     "The suite called `name`; ValueError listing the valid names otherwise."
-    if name not in SUITES: raise ValueError(f"suite must be one of {list(SUITES)}, got {name!r}")
-    return SUITES[name]
+    return SUITES[check_name('suite', name, SUITES)]
+
+def _suite(suite) -> Suite:
+    "`suite` if it is a `Suite`, else the suite it names."
+    return suite if isinstance(suite, Suite) else get_suite(suite)
 
 def suite_experiments(suite) -> list:
     "The experiments of `suite` (a name or a `Suite`), moved to the suite's dataset if it has one."
-    s = get_suite(suite) if isinstance(suite, str) else suite
+    s = _suite(suite)
     return [replace(get_experiment(n), dataset=s.dataset) if s.dataset else get_experiment(n) for n in s.experiments]
 
 # %% ../nbs/07_experiments.ipynb #2f9fc15c
 def run_tag(preset: str, epochs: int | None = None, train_limit: int | None = None) -> str:
     "Folder name for a budget: the preset, plus `_e<epochs>` / `_n<train_limit>` where they differ from the preset's."
-    if preset not in PRESETS: raise ValueError(f"preset must be one of {list(PRESETS)}, got {preset!r}")
+    check_name('preset', preset, PRESETS)
+    _maybe(check_int, 'epochs', epochs, 1); _maybe(check_int, 'train_limit', train_limit, 1)
     return preset + (f'_e{epochs}' if epochs not in (None, PRESETS[preset]['epochs']) else '') + (f'_n{train_limit}' if train_limit is not None else '')
+
+def checkout_dir(name: str) -> Path:
+    "`<name>/` of the tq_nb checkout we run in, else `./<name>`."
+    root = project_root()
+    return root/name if root else Path(name)
 
 def default_res_dir() -> Path:
     "`res/` of the tq_nb checkout we run in, else `./res`."
-    root = project_root()
-    return root/'res' if root else Path('res')
+    return checkout_dir('res')
+
+def _run_folder(e: Experiment, seed: int, tag: str) -> Path:
+    "`<dataset>/<tag>/<experiment>`, checked: the layout results and checkpoints share."
+    check_experiment(e); check_int('seed', seed, 0)
+    if not (isinstance(tag, str) and tag): raise ValueError(f"tag must be a non-empty str (from run_tag), got {tag!r}")
+    return Path(e.dataset)/tag/e.name
 
 def result_path(e: Experiment, seed: int, tag: str, res_dir=None) -> Path:
     "Where the result JSON of `e` with `seed` at budget `tag` goes."
-    return Path(res_dir or default_res_dir())/e.dataset/tag/e.name/f'seed{seed}.json'
+    return Path(check_path('res_dir', res_dir) or default_res_dir())/_run_folder(e, seed, tag)/f'seed{seed}.json'
 
 def ckpt_path(e: Experiment, seed: int, tag: str, ckpt_root=None) -> Path:
     "The checkpoint folder of `e` with `seed` at budget `tag`."
-    return Path(ckpt_root or data_dir()/'ckpt')/e.dataset/tag/e.name/f'seed{seed}'
+    return Path(check_path('ckpt_root', ckpt_root) or data_dir()/'ckpt')/_run_folder(e, seed, tag)/f'seed{seed}'
+
+# %% ../nbs/07_experiments.ipynb #6eec526e
+@dataclass(frozen=True)
+class Run:
+    "One training run: `experiment` (a registered name or an `Experiment`) with `seed`, at the budget `preset`, `epochs`, `train_limit`."
+    experiment: Experiment | str
+    seed: int = 0
+    preset: str | None = None      # None: the experiment's, else 'quick'
+    epochs: int | None = None      # None: the experiment's, else the preset's
+    train_limit: int | None = None # None: the whole training split
+    res_dir: str | os.PathLike | None = None    # None: res/ of the checkout
+    ckpt_root: str | os.PathLike | None = None  # None: data/ckpt
+
+    def __post_init__(self):
+        e = get_experiment(self.experiment) if isinstance(self.experiment, str) else check_experiment(self.experiment)
+        object.__setattr__(self, 'experiment', e)
+        object.__setattr__(self, 'preset', check_name('preset', self.preset or e.preset or 'quick', PRESETS))
+        check_int('seed', self.seed, 0)
+        _maybe(check_int, 'epochs', self.epochs, 1); _maybe(check_int, 'train_limit', self.train_limit, 1)
+        check_path('res_dir', self.res_dir); check_path('ckpt_root', self.ckpt_root)
+
+    def __repr__(self):
+        rest = ''.join(f', {k}={getattr(self, k)!r}' for k in ('epochs', 'train_limit', 'res_dir', 'ckpt_root') if getattr(self, k) is not None)
+        return f'Run({self.experiment.name!r} on {self.experiment.dataset}, seed={self.seed}, preset={self.preset!r}{rest})'
+
+    @property
+    def n_epochs(self) -> int:
+        "How many epochs it trains: `epochs` if given, else the experiment's, else the preset's."
+        return self.epochs or self.experiment.epochs or PRESETS[self.preset]['epochs']
+
+    @property
+    def tag(self) -> str:
+        "The folder name of its budget (`run_tag`)."
+        return run_tag(self.preset, self.epochs, self.train_limit)
+
+    @property
+    def result_path(self) -> Path:
+        "Where its result JSON goes."
+        return result_path(self.experiment, self.seed, self.tag, self.res_dir)
+
+    @property
+    def ckpt_path(self) -> Path:
+        "Its checkpoint folder."
+        return ckpt_path(self.experiment, self.seed, self.tag, self.ckpt_root)
+
+# %% ../nbs/07_experiments.ipynb #b09d3ee3
+def suite_runs(suite, preset: str = 'quick', seeds=None, res_dir=None, ckpt_root=None) -> list:
+    "The `Run`s of `suite` (a name or a `Suite`) at `preset`: each experiment with each of `seeds` (default: its own), in order."
+    s = _suite(suite)
+    check_name('preset', preset, PRESETS)
+    if seeds is not None and not isinstance(seeds, (list, tuple, range)):
+        raise ValueError(f"seeds must be a list of ints >= 0 or None (each experiment's own), got {seeds!r}")
+    return [Run(e, seed, preset, s.epochs, s.train_limit, res_dir, ckpt_root)
+            for e in suite_experiments(s) for seed in (seeds if seeds is not None else e.seeds)]
 
 # %% ../nbs/07_experiments.ipynb #30aa1bcd
 def load_data(dataset: str, preset: str, train_limit: int | None = None):
     "The `DataBundle` of `dataset` with `preset`'s data settings, its training split cut to `train_limit` examples."
-    if preset not in PRESETS: raise ValueError(f"preset must be one of {list(PRESETS)}, got {preset!r}")
-    p = PRESETS[preset]
+    check_choice('dataset', dataset, DATASETS)
+    p = PRESETS[check_name('preset', preset, PRESETS)]
+    _maybe(check_int, 'train_limit', train_limit, 1)
     dls = get_dls(dataset, batch_size=p['batch_size'], max_len=p['max_len'], vocab_size=p['vocab_size'])
     if train_limit is not None:
-        if not (isinstance(train_limit, int) and train_limit > 0): raise ValueError(f"train_limit must be a positive int, got {train_limit!r}")
         tr = dls.train
         dls.train = DataLoader(Subset(tr.dataset, range(min(train_limit, len(tr.dataset)))), tr.batch_size, shuffle=True,
                                generator=tr.generator, collate_fn=tr.collate_fn)
@@ -251,6 +345,7 @@ def load_data(dataset: str, preset: str, train_limit: int | None = None):
 # %% ../nbs/07_experiments.ipynb #5f76e0d2
 def apply_method_(model, e: Experiment):
     "Turn the full-precision `model` into `e`'s variant, in place (method modules are imported on demand)."
+    check_module('model', model)
     parts = experiment_parts(e)
     if e.method == 'quantize':
         from tq_nb.quantize import quantize_
@@ -263,25 +358,32 @@ def apply_method_(model, e: Experiment):
         binarize_(model, parts=parts, method=e.binarizer)
     return model
 
+# %% ../nbs/07_experiments.ipynb #250133bb
 def calibration_batches(dls, n: int = 8) -> list:
     "The first `n` training batches in a fixed order (no shuffling, so no random state is used)."
+    check_int('n', n, 1)
     tr = dls.train
     dl = DataLoader(tr.dataset, tr.batch_size, shuffle=False, collate_fn=tr.collate_fn)
     return [b for _, b in zip(range(n), dl)]
 
+# %% ../nbs/07_experiments.ipynb #669a0cf3
 def calibrate_model_(model, dls):
     "Calibrate the activation ranges of a fully quantized `model` on a few training batches."
     from tq_nb.fully_quantize import calibrate_
-    dev = next(model.parameters()).device
+    dev = next(check_module('model', model).parameters()).device
     calibrate_(model, [to_device(b, dev) for b in calibration_batches(dls)])
 
 # %% ../nbs/07_experiments.ipynb #9906bffb
+def variant_model(e: Experiment, preset: str, seed: int, n_classes: int, vocab_size: int | None = None):
+    "The untrained model of `e` at `preset` for `n_classes`, initialized with `seed`: text of `vocab_size` tokens, or 28×28 images if None."
+    check_int('seed', seed, 0); check_int('n_classes', n_classes, 1); _maybe(check_int, 'vocab_size', vocab_size, 1)
+    model = build_model(check_name('preset', preset, PRESETS), n_classes=n_classes, vocab_size=vocab_size,
+                        image_size=28 if vocab_size is None else None, seed=seed)
+    return apply_method_(model, e)
+
 def build_variant(e: Experiment, dls, preset: str, seed: int, init=None):
     "The model of experiment `e` for `dls` at `preset`, initialized with `seed` (then from checkpoint `init`)."
-    image = dls.kind == 'image'
-    model = build_model(preset, n_classes=dls.n_classes, vocab_size=None if image else dls.vocab_size,
-                        image_size=28 if image else None, seed=seed)
-    apply_method_(model, e)
+    model = variant_model(e, preset, seed, dls.n_classes, None if dls.kind == 'image' else dls.vocab_size)
     if init is not None: init_from_checkpoint_(model, init)
     if e.method == 'fully' and not e.latent_epochs: calibrate_model_(model, dls)
     return model
@@ -289,20 +391,34 @@ def build_variant(e: Experiment, dls, preset: str, seed: int, init=None):
 # %% ../nbs/07_experiments.ipynb #d264b928
 def run_config(e: Experiment, preset: str, epochs: int, train_limit=None) -> dict:
     "Everything that determines a run's numbers, apart from the seed (compared before a result is reused)."
+    check_experiment(e); check_int('epochs', epochs, 1); _maybe(check_int, 'train_limit', train_limit, 1)
     exp = {k: v for k, v in asdict(e).items() if k not in ('seeds', 'original', 'about', 'preset', 'epochs')}
     for k, default in (('ir_net_per', 'epoch'), ('grid', 'max'), ('per_channel', False), ('attn', '')):  # options added after results were committed:
         if exp[k] == default: del exp[k]                                                    # left out at their default, so those still match
-    p = PRESETS[preset]
+    p = PRESETS[check_name('preset', preset, PRESETS)]
     return dict(experiment=exp, preset=preset, preset_settings=p, epochs=epochs, train_limit=train_limit,
                 learner=dict(optimizer='Adam', lr=p['lr'], batch_size=p['batch_size'], milestones=default_milestones(epochs),
                              gamma=0.1, clip=1.0))
 
+@patch(as_prop=True)
+def config(self: Run) -> dict:
+    "`run_config` of this run: what its stored result must have been made with."
+    return run_config(self.experiment, self.preset, self.n_epochs, self.train_limit)
+
+# %% ../nbs/07_experiments.ipynb #ac948eee
 def train_command(e: Experiment, seed: int, preset: str, epochs=None, train_limit=None) -> str:
     "A `tq_train` command line that reruns exactly this run."
+    check_experiment(e); check_int('seed', seed, 0); check_name('preset', preset, PRESETS)
+    _maybe(check_int, 'epochs', epochs, 1); _maybe(check_int, 'train_limit', train_limit, 1)
     args = ['tq_train', '--exp_name', e.name, '--dataset', e.dataset, '--preset', preset, '--seed', str(seed)]
     if epochs not in (None, PRESETS[preset]['epochs']): args += ['--epochs', str(epochs)]
     if train_limit is not None: args += ['--train_limit', str(train_limit)]
     return shlex.join(args)
+
+@patch(as_prop=True)
+def train_command(self: Run) -> str:
+    "The `tq_train` line that reruns this run."
+    return train_command(self.experiment, self.seed, self.preset, self.n_epochs, self.train_limit)
 
 # %% ../nbs/07_experiments.ipynb #af185977
 def _git_commit() -> dict | None:
@@ -326,26 +442,40 @@ def environment(device) -> dict:
                               numpy=numpy.__version__, fastcore=fastcore.__version__, platform=platform.platform()),
                 device=str(dev), device_name=name, threads=torch.get_num_threads(), git=_git_commit())
 
-# %% ../nbs/07_experiments.ipynb #2589bcfe
+# %% ../nbs/07_experiments.ipynb #3a164f36
+def _as_json(obj):
+    "`obj` as it reads back from JSON (tuples become lists), so it compares equal to what was stored."
+    return json.loads(json.dumps(obj))
+
 def read_result(path, config: dict | None = None) -> dict:
-    "The result JSON at `path`; with `config`, a ValueError if it was made by another configuration."
-    res = json.loads(Path(path).read_text())
-    if config is not None and res.get('config') != json.loads(json.dumps(config)):
-        diff = sorted(k for k in set(config) | set(res.get('config', {})) if json.loads(json.dumps(config.get(k))) != res.get('config', {}).get(k))
+    "The result JSON at `path`; a ValueError if it is not one (empty, not JSON) or, with `config`, made by another configuration."
+    if path is None: raise ValueError("path must be a path (str or Path), got None")
+    check_path('path', path)
+    if config is not None and not isinstance(config, dict): raise ValueError(f"config must be a dict (from run_config) or None, got {type(config).__name__}")
+    text = Path(path).read_text()
+    try: res = json.loads(text)
+    except json.JSONDecodeError as err: raise ValueError(f"{path} is not a result JSON ({'an empty file' if not text.strip() else err})") from None
+    if not isinstance(res, dict): raise ValueError(f"{path} is not a result JSON (it holds a {type(res).__name__}, not an object)")
+    if config is not None and res.get('config') != _as_json(config):
+        diff = sorted(k for k in set(config) | set(res.get('config', {})) if _as_json(config.get(k)) != res.get('config', {}).get(k))
         raise ValueError(f"{path} holds a result of another configuration (differs in {diff}); "
                          f"pass redo=True (--redo) to replace it, or another res_dir")
     return res
 
+# %% ../nbs/07_experiments.ipynb #23c805e5
 def write_json(path, obj) -> Path:
     "Write `obj` as JSON to `path`, atomically."
-    return atomic_write_bytes(path, (json.dumps(obj, indent=1) + '\n').encode())
+    if path is None: raise ValueError("path must be a path (str or Path), got None")
+    return atomic_write_bytes(check_path('path', path), (json.dumps(obj, indent=1) + '\n').encode())
 
-# %% ../nbs/07_experiments.ipynb #528ff854
+# %% ../nbs/07_experiments.ipynb #28d7c65b
 class RunInProgress(RuntimeError):
     "Another live process is training this (experiment, seed, budget)."
 
 def lock_run(ckpt: Path) -> Path:
     "Claim the run whose checkpoints live in `ckpt` for this process (a lock file beside it); stale locks are taken over."
+    if ckpt is None: raise ValueError("ckpt must be a path (str or Path), got None")
+    ckpt = Path(check_path('ckpt', ckpt))
     lock = ckpt.parent/f'{ckpt.name}.lock'
     lock.parent.mkdir(parents=True, exist_ok=True)
     me = f'{os.getpid()} {socket.gethostname()}'
@@ -367,139 +497,159 @@ def _alive(pid: int) -> bool:
     except PermissionError: return True
     return True
 
+# %% ../nbs/07_experiments.ipynb #9c0a827b
+def _holds_config(ckpt: Path, config: dict) -> bool:
+    "Whether checkpoint folder `ckpt` was made for `config`."
+    mark = ckpt/'config.json'
+    return mark.exists() and json.loads(mark.read_text()) == _as_json(config)
+
 def prepare_ckpt_dir(ckpt: Path, config: dict, fresh: bool = False) -> Path:
     "Checkpoint folder `ckpt` for a run of `config`: emptied if `fresh` or if it holds another configuration's checkpoints."
-    mark = ckpt/'config.json'
-    if fresh or not mark.exists() or json.loads(mark.read_text()) != json.loads(json.dumps(config)):
+    if ckpt is None: raise ValueError("ckpt must be a path (str or Path), got None")
+    ckpt = Path(check_path('ckpt', ckpt))
+    if not isinstance(config, dict): raise ValueError(f"config must be a dict (from run_config), got {type(config).__name__}")
+    if check_bool('fresh', fresh) or not _holds_config(ckpt, config):
         shutil.rmtree(ckpt, ignore_errors=True)
-        write_json(mark, config)
+        write_json(ckpt/'config.json', config)
     return ckpt
 
-def _train(e, seed, preset, epochs, train_limit, ckpt_dir, device, progress, dls, init) -> tuple:
-    model = build_variant(e, dls, preset, seed, init)
+# %% ../nbs/07_experiments.ipynb #677176a3
+def _train(run: Run, device, progress: bool, dls, init) -> tuple:
+    "Train `run` (checkpoints and log in `run.ckpt_path`): the Learner, its summary, and whether it resumed."
+    e, ckpt = run.experiment, run.ckpt_path
+    model = build_variant(e, dls, run.preset, run.seed, init)
     cal = (lambda m: calibrate_model_(m, dls)) if e.method == 'fully' and e.latent_epochs else None
-    lc = run_config(e, preset, epochs, train_limit)['learner']
-    learn = Learner(model, dls, epochs=epochs, lr=lc['lr'], milestones=lc['milestones'], gamma=lc['gamma'], clip=lc['clip'],
-                    seed=seed, latent_epochs=e.latent_epochs, ir_net_per=e.ir_net_per, on_quant_start=cal, log_path=ckpt_dir/'log.csv',
-                    ckpt_dir=ckpt_dir, device=device, progress=progress)
-    resumed = (ckpt_dir/'last.pt').exists()
+    lc = run.config['learner']
+    learn = Learner(model, dls, epochs=run.n_epochs, lr=lc['lr'], milestones=lc['milestones'], gamma=lc['gamma'], clip=lc['clip'],
+                    seed=run.seed, latent_epochs=e.latent_epochs, ir_net_per=e.ir_net_per, on_quant_start=cal, log_path=ckpt/'log.csv',
+                    ckpt_dir=ckpt, device=device, progress=progress)
+    resumed = (ckpt/'last.pt').exists()
     return learn, learn.fit(), resumed
 
-def _run_epochs(e, preset: str, epochs: int | None = None) -> int:
-    "How many epochs a run of `e` at `preset` trains: `epochs` if given, else the experiment's, else the preset's."
-    return epochs or e.epochs or PRESETS[preset]['epochs']
+def _result(run: Run, learn, summary: dict, resumed: bool, command: str | None, device, t0: float) -> dict:
+    "The result of `run`, trained by `learn` since `t0`, as it is written to `run.result_path`."
+    e = run.experiment
+    return dict(experiment=e.name, dataset=e.dataset, preset=run.preset, tag=run.tag, seed=run.seed, config=run.config,
+                summary=summary, original=e.original, history=learn.history,
+                command=command or run.train_command, rerun=run.train_command,
+                **environment(device), resumed=resumed, wall_time=time.time() - t0, train_time=learn.elapsed,
+                finished=datetime.now(timezone.utc).isoformat(timespec='seconds'))
 
-def run_experiment(e, seed: int = 0, preset: str | None = None, epochs: int | None = None, train_limit: int | None = None,
-                   res_dir=None, ckpt_root=None, device='cpu', progress: bool = True, redo: bool = False,
-                   command: str | None = None, dls=None) -> dict:
-    "Run experiment `e` (a name or an `Experiment`) with `seed` unless its result exists; returns the result dict."
-    e = get_experiment(e) if isinstance(e, str) else check_experiment(e)
-    preset = preset or e.preset or 'quick'
-    tag = run_tag(preset, epochs, train_limit)
-    epochs = _run_epochs(e, preset, epochs)
-    if e.latent_epochs >= epochs: raise ValueError(f"experiment {e.name!r}: latent_epochs ({e.latent_epochs}) must be < epochs ({epochs})")
-    if not (isinstance(seed, int) and seed >= 0): raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+# %% ../nbs/07_experiments.ipynb #6d2bf150
+@patch
+def execute(self: Run, device='cpu', progress: bool = True, redo: bool = False, command: str | None = None, dls=None) -> dict:
+    "Train this run unless its result exists (then read it, checking its configuration); returns the result dict."
+    e = self.experiment
+    if e.latent_epochs >= self.n_epochs: raise ValueError(f"experiment {e.name!r}: latent_epochs ({e.latent_epochs}) must be < epochs ({self.n_epochs})")
+    check_bool('progress', progress); check_bool('redo', redo)
+    if command is not None and not isinstance(command, str): raise ValueError(f"command must be a str or None, got {type(command).__name__}")
     dev = get_device(device)
-    cfg, path = run_config(e, preset, epochs, train_limit), result_path(e, seed, tag, res_dir)
+    cfg, path = self.config, self.result_path
     if path.exists() and not redo: return read_result(path, cfg)
-    ckpt = ckpt_path(e, seed, tag, ckpt_root)
+    ckpt = self.ckpt_path
     lock = lock_run(ckpt)
     try:
         prepare_ckpt_dir(ckpt, cfg, redo)
         t0 = time.time()
-        dls = dls or load_data(e.dataset, preset, train_limit)
-        init = None
-        if e.pretrained:
-            init = fp_checkpoint(e.dataset, seed, preset, epochs, train_limit, res_dir, ckpt_root, dev, progress, dls)
-        learn, summary, resumed = _train(e, seed, preset, epochs, train_limit, ckpt, dev, progress, dls, init)
-        result = _result(e, seed, preset, tag, cfg, summary, learn, command, epochs, train_limit, dev, resumed, t0)
+        dls = dls or load_data(e.dataset, self.preset, self.train_limit)
+        init = fp_checkpoint(self, dev, progress, dls) if e.pretrained else None
+        learn, summary, resumed = _train(self, dev, progress, dls, init)
+        result = _result(self, learn, summary, resumed, command, dev, t0)
         atomic_write_bytes(path.with_suffix('.csv'), (ckpt/'log.csv').read_bytes())
         write_json(path, result)
         (ckpt/'last.pt').unlink(missing_ok=True)
     finally: lock.unlink(missing_ok=True)
     return result
 
-def _result(e, seed, preset, tag, cfg, summary, learn, command, epochs, train_limit, dev, resumed, t0) -> dict:
-    return dict(experiment=e.name, dataset=e.dataset, preset=preset, tag=tag, seed=seed, config=cfg, summary=summary,
-                  original=e.original, history=learn.history,
-                  command=command or train_command(e, seed, preset, epochs, train_limit),
-                  rerun=train_command(e, seed, preset, epochs, train_limit),
-                  **environment(dev), resumed=resumed, wall_time=time.time() - t0, train_time=learn.elapsed,
-                  finished=datetime.now(timezone.utc).isoformat(timespec='seconds'))
+def run_experiment(e, seed: int = 0, preset: str | None = None, epochs: int | None = None, train_limit: int | None = None,
+                   res_dir=None, ckpt_root=None, device='cpu', progress: bool = True, redo: bool = False,
+                   command: str | None = None, dls=None) -> dict:
+    "Run experiment `e` (a name or an `Experiment`) with `seed` unless its result exists; returns the result dict."
+    return Run(e, seed, preset, epochs, train_limit, res_dir, ckpt_root).execute(device, progress, redo, command, dls)
 
-# %% ../nbs/07_experiments.ipynb #cf5e22b9
-def fp_checkpoint(dataset, seed, preset, epochs, train_limit, res_dir, ckpt_root, device, progress, dls) -> Path:
-    "The best full-precision checkpoint of `dataset`/`seed` at this budget, training the `fp` experiment if needed."
-    fp = replace(get_experiment('fp'), dataset=dataset)
-    tag, cfg = run_tag(preset, epochs, train_limit), run_config(fp, preset, epochs, train_limit)
-    ckpt = ckpt_path(fp, seed, tag, ckpt_root)
-    mark = ckpt/'config.json'
-    if (ckpt/'best.pt').exists() and mark.exists() and json.loads(mark.read_text()) == json.loads(json.dumps(cfg)):
-        return ckpt/'best.pt'
-    if not result_path(fp, seed, tag, res_dir).exists():
-        if progress: print(f'training fp (seed {seed}) first: its checkpoint initializes this run', flush=True)
-        run_experiment(fp, seed, preset, epochs, train_limit, res_dir, ckpt_root, device, progress, dls=dls)
+# %% ../nbs/07_experiments.ipynb #37f1e085
+def fp_checkpoint(run: Run, device='cpu', progress: bool = True, dls=None) -> Path:
+    "The best full-precision checkpoint for `run` (its dataset, budget and seed), training the `fp` experiment if needed."
+    if not isinstance(run, Run): raise ValueError(f"run must be a Run, got {type(run).__name__}")
+    fp = replace(run, experiment=replace(get_experiment('fp'), dataset=run.experiment.dataset), epochs=run.n_epochs)
+    cfg, ckpt = fp.config, fp.ckpt_path
+    if (ckpt/'best.pt').exists() and _holds_config(ckpt, cfg): return ckpt/'best.pt'
+    dls = dls or load_data(fp.experiment.dataset, fp.preset, fp.train_limit)
+    if not fp.result_path.exists():
+        if progress: print(f'training fp (seed {run.seed}) first: its checkpoint initializes this run', flush=True)
+        fp.execute(device, progress, dls=dls)
     else:
-        read_result(result_path(fp, seed, tag, res_dir), cfg)
-        if progress: print(f'retraining fp (seed {seed}) for its checkpoint; its result file is kept', flush=True)
-        _train(fp, seed, preset, epochs, train_limit, prepare_ckpt_dir(ckpt, cfg), device, progress, dls, None)
+        read_result(fp.result_path, cfg)
+        if progress: print(f'retraining fp (seed {run.seed}) for its checkpoint; its result file is kept', flush=True)
+        prepare_ckpt_dir(ckpt, cfg)
+        _train(fp, device, progress, dls, None)
     return ckpt/'best.pt'
 
 # %% ../nbs/07_experiments.ipynb #360a12b7
+def _accuracy_line(r: dict) -> str:
+    "The summary of result `r` in one line, as the runner and the tools print it."
+    sm = r['summary']
+    return (f'test acc {sm["test_acc_at_best"]:.4f} at best epoch {sm["best_epoch"]} (valid {sm["best_valid_acc"]:.4f}), '
+            f'last epoch {sm["test_acc_last"]:.4f}')
+
+def _eta(runs: list, took: list) -> str:
+    "How long the `runs` without a result will take at the mean time of the runs trained so far (`took`, seconds)."
+    left = sum(not r.result_path.exists() for r in runs)
+    return f', ETA {left * sum(took) / len(took) / 60:.0f} min for the {left} runs left' if took else ''
+
+# %% ../nbs/07_experiments.ipynb #4c8b10a3
 def run_suite(suite, preset: str = 'quick', seeds=None, res_dir=None, ckpt_root=None, device='cpu', progress: bool = True,
               redo: bool = False, command: str | None = None) -> list:
     "Run every (experiment, seed) of `suite` not yet done; returns their results."
-    s = get_suite(suite) if isinstance(suite, str) else suite
-    if preset not in PRESETS: raise ValueError(f"preset must be one of {list(PRESETS)}, got {preset!r}")
+    runs = suite_runs(suite, preset, seeds, res_dir, ckpt_root)
+    check_bool('progress', progress); check_bool('redo', redo)
     get_device(device)
-    exps = suite_experiments(s)
-    runs = [(e, seed) for e in exps for seed in (seeds if seeds is not None else e.seeds)]
     data, results, t0, took = {}, [], time.time(), []
-    tag = run_tag(preset, s.epochs, s.train_limit)
-    for i, (e, seed) in enumerate(runs):
-        head = f'[{i+1}/{len(runs)}] {e.name} seed {seed} ({e.dataset}, {tag})'
-        path = result_path(e, seed, tag, res_dir)
-        epochs = _run_epochs(e, preset, s.epochs)
-        if e.latent_epochs >= epochs:  # a switch after the last epoch would never quantize
-            print(f'{head}: skipped, its {e.latent_epochs} full-precision epochs leave none of the {epochs} to quantize', flush=True)
+    for i, run in enumerate(runs):
+        e = run.experiment
+        head = f'[{i+1}/{len(runs)}] {e.name} seed {run.seed} ({e.dataset}, {run.tag})'
+        if e.latent_epochs >= run.n_epochs:  # a switch after the last epoch would never quantize
+            print(f'{head}: skipped, its {e.latent_epochs} full-precision epochs leave none of the {run.n_epochs} to quantize', flush=True)
             continue
-        if path.exists() and not redo:
-            results.append(run_experiment(e, seed, preset, s.epochs, s.train_limit, res_dir, ckpt_root, device, progress))
-            if progress: print(f'{head}: done before, {path}', flush=True)
+        if run.result_path.exists() and not redo:
+            results.append(run.execute(device, progress))
+            if progress: print(f'{head}: done before, {run.result_path}', flush=True)
             continue
-        if progress:
-            left = sum(not result_path(x, k, tag, res_dir).exists() for x, k in runs[i:])
-            eta = f', ETA {left * sum(took) / len(took) / 60:.0f} min for the {left} runs left' if took else ''
-            print(f'{head}: training ({time.time()-t0:.0f}s into the suite{eta})', flush=True)
-        if e.dataset not in data: data[e.dataset] = load_data(e.dataset, preset, s.train_limit)
-        try: r = run_experiment(e, seed, preset, s.epochs, s.train_limit, res_dir, ckpt_root, device, progress, redo, command,
-                                dls=data[e.dataset])
+        if progress: print(f'{head}: training ({time.time()-t0:.0f}s into the suite{_eta(runs[i:], took)})', flush=True)
+        if e.dataset not in data: data[e.dataset] = load_data(e.dataset, run.preset, run.train_limit)
+        try: r = run.execute(device, progress, redo, command, dls=data[e.dataset])
         except RunInProgress as err:
             print(f'{head}: skipped, {err}', flush=True)
             continue
         results.append(r); took.append(r['wall_time'])
-        sm = r['summary']
-        if progress: print(f'{head}: test acc {sm["test_acc_at_best"]:.4f} at best epoch {sm["best_epoch"]} (valid '
-                           f'{sm["best_valid_acc"]:.4f}), last epoch {sm["test_acc_last"]:.4f}; {r["wall_time"]:.0f}s', flush=True)
+        if progress: print(f'{head}: {_accuracy_line(r)}; {r["wall_time"]:.0f}s', flush=True)
     return results
 
 # %% ../nbs/07_experiments.ipynb #abe05a4e
+_ROW_KEYS = ('dataset', 'tag', 'experiment', 'seed', 'summary', 'wall_time')
+
+def _result_row(r: dict) -> dict:
+    "Result `r` as a row of `load_results`: which run, its summary (selected by the learner's rule), the original's number."
+    summary = dict(r['summary'])
+    if r.get('history'):  # selection by the learner's rule, also for runs saved before the rule changed
+        b = select_best(r['history'])
+        summary.update(best_epoch=b['epoch'], best_valid_acc=b['valid_acc'], test_acc_at_best=b['test_acc'])
+    return dict(dataset=r['dataset'], tag=r['tag'], experiment=r['experiment'], seed=r['seed'], **summary,
+                original=r.get('original'), wall_time=r['wall_time'])
+
 def load_results(res_dir=None) -> pd.DataFrame:
     "Every result under `res_dir` (default `res/`), one row per (dataset, tag, experiment, seed)."
     rows = []
-    for p in sorted(Path(res_dir or default_res_dir()).rglob('seed*.json')):
-        r = json.loads(p.read_text())
-        summary = dict(r['summary'])
-        if r.get('history'):  # selection by the learner's rule, also for runs saved before the rule changed
-            b = select_best(r['history'])
-            summary.update(best_epoch=b['epoch'], best_valid_acc=b['valid_acc'], test_acc_at_best=b['test_acc'])
-        rows.append(dict(dataset=r['dataset'], tag=r['tag'], experiment=r['experiment'], seed=r['seed'], **summary,
-                         original=r.get('original'), wall_time=r['wall_time'], path=str(p)))
+    for p in sorted(Path(check_path('res_dir', res_dir) or default_res_dir()).rglob('seed*.json')):
+        r = read_result(p)
+        missing = [k for k in _ROW_KEYS if k not in r]
+        if missing: raise ValueError(f"{p} is not a result: it has no {missing}")
+        rows.append(dict(_result_row(r), path=str(p)))
     return pd.DataFrame(rows)
 
 def summary_table(results: pd.DataFrame) -> pd.DataFrame:
     "Mean and std over seeds of each (dataset, tag, experiment), in registry order."
-    if results.empty: return pd.DataFrame()
+    if check_frame('results', results).empty: return pd.DataFrame()
     metrics = ['test_acc_at_best', 'test_acc_last', 'best_valid_acc']
     g = results.groupby(['dataset', 'tag', 'experiment'], sort=False)
     out = g[metrics].agg(['mean', 'std'])
@@ -511,6 +661,7 @@ def summary_table(results: pd.DataFrame) -> pd.DataFrame:
 
 def format_summary(table: pd.DataFrame) -> pd.DataFrame:
     "`summary_table` as readable strings: accuracies in % as mean ± std."
+    check_frame('table', table)
     f = lambda m, s: '' if pd.isna(m) else f'{100*m:.1f}' + ('' if pd.isna(s) else f' ± {100*s:.1f}')
     return pd.DataFrame({'seeds': table.seeds,
                          'test acc (best valid epoch)': [f(m, s) for m, s in zip(table.test_acc_at_best_mean, table.test_acc_at_best_std)],
@@ -518,15 +669,19 @@ def format_summary(table: pd.DataFrame) -> pd.DataFrame:
                          'original (AG_NEWS)': table.original.map(lambda o: '' if pd.isna(o) else f'{o:.1f}')}, index=table.index)
 
 # %% ../nbs/07_experiments.ipynb #76159e2c
-PATTERN_CHOICES = ('MHA', 'FFN', 'CLS', 'ALL', 'ALL_QK', 'ALL_FINAL', 'QK', 'QV', 'KV')
+PATTERN_CHOICES = tuple(PATTERNS)
+_FLAG_BINARIZERS = {'basic': 'basic', 'ir': 'irnet', 'scaled': 'scaled', 'ir_scaled': 'irnet_scaled'}  # --quant_method -> binarizer
+assert set(_FLAG_BINARIZERS.values()) == set(BINARIZERS)
 
 def _flag_name(quant_type, quant_method, bit_num, a_bit_num, quant_pattern, lsq, pre_trained, latent, latent_epochs, ir_net_per='epoch') -> str:
     if quant_type is None: return 'fp'
     if quant_type == 'quantization':
         n = f'w{bit_num}' if quant_method == 'basic' else f'w{bit_num}a{a_bit_num or bit_num}' + ('_lsq' if lsq else '')
         if quant_pattern: n += f'_{quant_pattern.lower()}'
-    else: n = ({'basic': 'bin', 'ir': 'irnet', 'scaled': 'bin_scaled', 'ir_scaled': 'irnet_scaled'}[quant_method]
-               + ('' if quant_pattern == 'ALL' else f'_{quant_pattern.lower()}') + ('_step' if ir_net_per == 'step' else ''))
+    else:
+        b = _FLAG_BINARIZERS[quant_method]
+        n = ({'basic': 'bin', 'scaled': 'bin_scaled'}.get(b, b) + ('' if quant_pattern == 'ALL' else f'_{quant_pattern.lower()}')
+             + ('_step' if ir_net_per == 'step' else ''))
     return n + ('_pre' if pre_trained else '') + ((f'_latent{latent_epochs}' if latent_epochs != 1 else '_latent') if latent else '')
 
 def experiment_from_flags(quant_type=None, quant_method=None, bit_num=None, a_bit_num=None, quant_pattern=None,
@@ -534,7 +689,8 @@ def experiment_from_flags(quant_type=None, quant_method=None, bit_num=None, a_bi
                           ir_net_per='epoch') -> Experiment:
     "The `Experiment` that `tq_train`'s flags describe (ValueError with the reason for an invalid combination)."
     def bad(msg): raise ValueError(msg)
-    if quant_pattern is not None and quant_pattern not in PATTERN_CHOICES: bad(f"quant_pattern must be one of {PATTERN_CHOICES}, got {quant_pattern!r}")
+    _maybe(check_choice, 'quant_pattern', quant_pattern, PATTERN_CHOICES)
+    check_bool('lsq', lsq); check_bool('pre_trained', pre_trained); check_bool('latent', latent)
     method_flags = any(v not in (None, False) for v in (quant_type, quant_method, bit_num, a_bit_num, quant_pattern, lsq, pre_trained, latent)) or ir_net_per != 'epoch'
     if exp_name in EXPERIMENTS and not method_flags: return replace(get_experiment(exp_name), dataset=dataset)
     if quant_type is None:
@@ -548,12 +704,11 @@ def experiment_from_flags(quant_type=None, quant_method=None, bit_num=None, a_bi
         kw = dict(method='quantize' if quant_method == 'basic' else 'fully', bits=bit_num,
                   a_bits=(a_bit_num or bit_num) if quant_method == 'fully' else None, lsq=lsq, pattern=quant_pattern)
     elif quant_type == 'binarization':
-        if quant_method not in ('basic', 'ir', 'scaled', 'ir_scaled'): bad(f"binarization needs --quant_method basic, ir, scaled or ir_scaled, got {quant_method!r}")
+        if quant_method not in _FLAG_BINARIZERS: bad(f"binarization needs --quant_method basic, ir, scaled or ir_scaled, got {quant_method!r}")
         if quant_pattern is None: bad(f"binarization needs --quant_pattern, one of {PATTERN_CHOICES}")
         if bit_num is not None or a_bit_num is not None: bad("binarization takes no --bit_num (every binarized weight is 1 bit)")
         if lsq: bad("--lsq needs --quant_type quantization --quant_method fully")
-        kw = dict(method='binarize', binarizer={'ir': 'irnet', 'ir_scaled': 'irnet_scaled'}.get(quant_method, quant_method), pattern=quant_pattern,
-                  ir_net_per=ir_net_per)
+        kw = dict(method='binarize', binarizer=_FLAG_BINARIZERS[quant_method], pattern=quant_pattern, ir_net_per=ir_net_per)
     else: bad(f"quant_type must be quantization or binarization, got {quant_type!r}")
     kw.update(pretrained=pre_trained, latent_epochs=latent_epochs if latent else 0)
     name = exp_name or _flag_name(quant_type, quant_method, bit_num, a_bit_num, quant_pattern, lsq, pre_trained, latent, latent_epochs, ir_net_per)
@@ -566,8 +721,7 @@ def experiment_from_flags(quant_type=None, quant_method=None, bit_num=None, a_bi
 
 def _same_recipe(a: Experiment, b: Experiment) -> bool:
     keys = ('method', 'bits', 'a_bits', 'binarizer', 'lsq', 'pretrained', 'latent_epochs', 'ir_net_per', 'grid', 'per_channel', 'attn')
-    pattern = lambda e: e.pattern if e.pattern is not None else ('ALL' if e.method == 'binarize' else 'all')
-    return all(getattr(a, k) == getattr(b, k) for k in keys) and pattern(a) == pattern(b)
+    return all(getattr(a, k) == getattr(b, k) for k in keys) and experiment_parts(a) == experiment_parts(b)
 
 # %% ../nbs/07_experiments.ipynb #2e58d58a
 def _cli_error(prog, e):
@@ -579,11 +733,16 @@ def _cli_command(prog) -> str | None:
     return shlex.join([prog, *sys.argv[1:]]) if Path(sys.argv[0]).name == prog else None
 
 def _setup(threads, device):
-    if threads is not None:
-        if threads < 1: raise ValueError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    if _maybe(check_int, 'threads', threads, 1) is not None: torch.set_num_threads(threads)
     return get_device(device)
 
+# the flags both tools share
+_DEVICE = Param("cpu, cuda, cuda:N, mps or auto", str)
+_THREADS = Param("CPU threads for PyTorch (default: all)", int)
+_RES_DIR = Param("results folder (default: res/ of the checkout)", str)
+_QUIET = Param("no progress output", store_true)
+
+# %% ../nbs/07_experiments.ipynb #25d2b15c
 @call_parse
 def tq_train(
     quant_type: Param("quantization or binarization; none for the full-precision baseline", str, choices=['quantization', 'binarization'])=None,
@@ -603,22 +762,20 @@ def tq_train(
     epochs: Param("epochs (default: the preset's)", int)=None,
     train_limit: Param("train on the first N training examples only", int)=None,
     seed: Param("random seed", int)=0,
-    device: Param("cpu, cuda, cuda:N, mps or auto", str)='auto',
-    threads: Param("CPU threads for PyTorch (default: all)", int)=None,
-    res_dir: Param("results folder (default: res/ of the checkout)", str)=None,
+    device: _DEVICE='auto',
+    threads: _THREADS=None,
+    res_dir: _RES_DIR=None,
     redo: Param("retrain and replace an existing result", store_true)=False,
-    quiet: Param("no progress output", store_true)=False,
+    quiet: _QUIET=False,
 ):
     "Train one model, with the original train_script.py's flags; writes res/<dataset>/<preset>/<exp_name>/seed<k>.json."
     try:
         dev = _setup(threads, device)
         e = experiment_from_flags(quant_type, quant_method, bit_num, a_bit_num, quant_pattern, lsq, pre_trained, latent,
                                   latent_epochs, exp_name, dataset, ir_net_per)
-        r = run_experiment(e, seed, preset, epochs, train_limit, res_dir, None, str(dev), not quiet, redo, _cli_command('tq_train'))
+        r = Run(e, seed, preset, epochs, train_limit, res_dir).execute(str(dev), not quiet, redo, _cli_command('tq_train'))
     except ValueError as err: _cli_error('tq_train', err)
-    sm = r['summary']
-    print(f"{r['experiment']} seed {seed}: test acc {sm['test_acc_at_best']:.4f} at best epoch {sm['best_epoch']} "
-          f"(valid {sm['best_valid_acc']:.4f}), last epoch {sm['test_acc_last']:.4f}")
+    print(f"{r['experiment']} seed {seed}: {_accuracy_line(r)}")
 
 # %% ../nbs/07_experiments.ipynb #da2c459e
 def list_text() -> str:
@@ -636,11 +793,11 @@ def tq_experiments(
     preset: Param("model and training size", str, choices=list(PRESETS))='quick',
     seeds: Param("seeds (default: each experiment's)", int, nargs='+')=None,
     list: Param("list suites and experiments, then exit", store_true)=False,
-    device: Param("cpu, cuda, cuda:N, mps or auto", str)='auto',
-    threads: Param("CPU threads for PyTorch (default: all)", int)=None,
-    res_dir: Param("results folder (default: res/ of the checkout)", str)=None,
+    device: _DEVICE='auto',
+    threads: _THREADS=None,
+    res_dir: _RES_DIR=None,
     redo: Param("retrain and replace existing results", store_true)=False,
-    quiet: Param("no progress output", store_true)=False,
+    quiet: _QUIET=False,
 ):
     "Run a suite of experiments (skipping finished runs, resuming interrupted ones), then print its summary over seeds."
     if list: return print(list_text())
@@ -651,7 +808,6 @@ def tq_experiments(
         t0 = time.time()
         results = run_suite(s, preset, seeds, res_dir, None, str(dev), not quiet, redo, _cli_command('tq_experiments'))
     except ValueError as err: _cli_error('tq_experiments', err)
-    df = pd.DataFrame([dict(dataset=r['dataset'], tag=r['tag'], experiment=r['experiment'], seed=r['seed'], **r['summary'],
-                            original=r['original'], wall_time=r['wall_time']) for r in results])
+    df = pd.DataFrame([_result_row(r) for r in results])
     with pd.option_context('display.width', 200, 'display.max_rows', 500):
         print(f'\nsuite {s.name}: {len(results)} runs, {time.time()-t0:.0f}s\n' + format_summary(summary_table(df)).to_string())

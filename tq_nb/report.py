@@ -13,13 +13,16 @@ import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from fastcore.script import call_parse, Param
 
-from .data import AG_NEWS_CLASSES, FASHION_MNIST_CLASSES, NOUN_LEXNAMES, project_root
-from .experiments import (EXPERIMENTS, apply_method_, format_summary, get_experiment, get_suite, load_results,
-                               run_tag, summary_table, train_command)
+from .checks import check_float, check_int
+from .data import AG_NEWS_CLASSES, FASHION_MNIST_CLASSES, NOUN_LEXNAMES
+from .experiments import (EXPERIMENTS, Run, check_frame, check_name, check_path, checkout_dir, default_res_dir, format_summary,
+                               get_experiment, get_suite, load_results, read_result, suite_runs, summary_table, variant_model)
 from .fully_quantize import calibrate_
+from .learner import select_best
 from .memory import example_batch, memory_table
-from .transformer import PRESETS, build_model
+from .transformer import PRESETS
 
 # %% auto #0
 __all__ = ['RUN_COLUMNS', 'VERDICTS', 'FINDINGS', 'N_CLASSES', 'BUDGET_TAGS', 'suite_budget', 'load_runs', 'suite_command',
@@ -30,11 +33,15 @@ __all__ = ['RUN_COLUMNS', 'VERDICTS', 'FINDINGS', 'N_CLASSES', 'BUDGET_TAGS', 's
            'compare_histories', 'reproduction_table', 'tq_reproduce']
 
 # %% ../nbs/09_report.ipynb #a90d8541
+def _budget_run(suite: str, preset: str) -> Run:
+    "The first run of `suite` at `preset`: it carries the suite's dataset and budget."
+    return suite_runs(suite, preset, seeds=[0])[0]
+
 def suite_budget(suite: str = 'main', preset: str = 'quick') -> dict:
     "Dataset, preset, epochs, training-set limit, batch size and result folder `tag` of `suite` run with `preset`."
-    s = get_suite(suite)
-    return dict(dataset=s.dataset or get_experiment(s.experiments[0]).dataset, preset=preset, epochs=s.epochs or PRESETS[preset]['epochs'],
-                train_limit=s.train_limit, batch_size=PRESETS[preset]['batch_size'], tag=run_tag(preset, s.epochs, s.train_limit))
+    run = _budget_run(suite, preset)
+    return dict(dataset=run.experiment.dataset, preset=run.preset, epochs=run.n_epochs, train_limit=run.train_limit,
+                batch_size=PRESETS[run.preset]['batch_size'], tag=run.tag)
 
 # %% ../nbs/09_report.ipynb #ccf517f8
 RUN_COLUMNS = ['dataset', 'tag', 'experiment', 'seed', 'epochs_done', 'best_epoch', 'best_valid_acc', 'test_acc_at_best',
@@ -46,25 +53,28 @@ def _registry_order(names) -> pd.Series:
 
 def load_runs(suite: str = 'main', preset: str = 'quick', experiments=None, res_dir=None) -> pd.DataFrame:
     "The results at `suite`'s budget (of `experiments` only, if given), one row per (experiment, seed), in registry order."
+    if isinstance(experiments, str): raise ValueError(f"experiments must be a list of names or None, got the str {experiments!r}")
     b, df = suite_budget(suite, preset), load_results(res_dir)
     if df.empty: return pd.DataFrame(columns=RUN_COLUMNS)
     df = df[(df.dataset == b['dataset']) & (df.tag == b['tag'])]
     if experiments is not None: df = df[df.experiment.isin(list(experiments))]
-    df = df.assign(command=[json.loads(Path(p).read_text()).get('command', '') for p in df.path])
+    df = df.assign(command=[read_result(p).get('command', '') for p in df.path])
     return df.sort_values('seed', kind='stable').sort_values('experiment', key=_registry_order, kind='stable').reset_index(drop=True)
 
 # %% ../nbs/09_report.ipynb #1b7b0a41
 def suite_command(suite: str, preset: str = 'quick', seeds=(0, 1, 2)) -> str:
     "The `tq_experiments` line that runs `suite` with `preset` for `seeds` (finished runs are skipped)."
+    get_suite(suite); check_name('preset', preset, PRESETS)
+    seeds = [check_int('seed', k, 0) for k in seeds]
     return f'tq_experiments --suite {suite} --preset {preset} --seeds ' + ' '.join(map(str, seeds))
 
 def missing_runs(runs: pd.DataFrame, experiments, suite: str = 'main', preset: str = 'quick', seeds=(0, 1, 2)) -> pd.DataFrame:
     "The (experiment, seed) pairs of `experiments` and `seeds` without a result in `runs`, with a command that produces each."
-    b, s = suite_budget(suite, preset), get_suite(suite)
-    have = set(zip(runs.experiment, runs.seed))
+    run, s = _budget_run(suite, preset), get_suite(suite)
+    have = set(zip(check_frame('runs', runs).experiment, runs.seed))
     def command(name, seed):
         if name in s.experiments: return suite_command(suite, preset, [seed])
-        return train_command(replace(get_experiment(name), dataset=b['dataset']), seed, preset, b['epochs'], b['train_limit'])
+        return replace(run, experiment=replace(get_experiment(name), dataset=run.experiment.dataset), seed=seed).train_command
     rows = [dict(experiment=n, seed=k, command=command(n, k)) for n in experiments for k in seeds if (n, k) not in have]
     return pd.DataFrame(rows, columns=['experiment', 'seed', 'command'])
 
@@ -87,13 +97,13 @@ def missing_note(runs: pd.DataFrame, experiments, suite: str = 'main', preset: s
 
 def with_results(runs: pd.DataFrame, experiments, optional=()) -> list:
     "`experiments`, then those of `optional` that have results in `runs`: the rows a chapter shows."
-    return list(experiments) + [n for n in optional if n in set(runs.experiment) and n not in experiments]
+    return list(experiments) + [n for n in optional if n in set(check_frame('runs', runs).experiment) and n not in experiments]
 
 # %% ../nbs/09_report.ipynb #9576080c
 def accuracy_table(runs: pd.DataFrame, experiments) -> pd.DataFrame:
     "Test accuracy (%) of each of `experiments` as mean ± std over seeds, selected on validation and at the last epoch, beside the original's."
     cols = ['seeds', 'test acc (best valid epoch)', 'test acc (last epoch)']
-    t = format_summary(summary_table(runs)).droplevel([0, 1]) if len(runs) else pd.DataFrame(columns=cols)
+    t = format_summary(summary_table(runs)).droplevel([0, 1]) if len(check_frame('runs', runs)) else pd.DataFrame(columns=cols)
     t = t[cols].reindex(list(experiments))
     t['seeds'] = t.seeds.fillna(0).astype(int)
     orig = [get_experiment(n).original for n in experiments]
@@ -103,6 +113,7 @@ def accuracy_table(runs: pd.DataFrame, experiments) -> pd.DataFrame:
 # %% ../nbs/09_report.ipynb #f8f39b07
 def original_relation(a: str, b: str, margin: float = 1.0) -> str | None:
     "'<', '>' or '≈' (within `margin` points) between experiments `a` and `b` in the original study; None if either has no number."
+    check_float('margin', margin, 0)
     oa, ob = get_experiment(a).original, get_experiment(b).original
     if oa is None or ob is None: return None
     return '≈' if abs(oa - ob) <= margin else '<' if oa < ob else '>'
@@ -117,6 +128,7 @@ def _se(a, b) -> float:
 def verdict(a, b, relation: str, margin: float = 1.0, k: float = 2.0) -> str:
     "Whether per-seed values `a` and `b` show `relation` ('<', '>', '≈'): one of `VERDICTS`, from the mean difference ± `k` standard errors."
     if relation not in ('<', '>', '≈'): raise ValueError(f"relation must be one of '<', '>', '≈', got {relation!r}")
+    check_float('margin', margin, 0); check_float('k', k, positive=True)
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if len(a) < 2 or len(b) < 2: return VERDICTS[3]
     d, se = a.mean() - b.mean(), _se(a, b)
@@ -132,6 +144,7 @@ def _side(runs, name, metric): return 100 * runs.loc[runs.experiment == name, me
 def findings(runs: pd.DataFrame, pairs, metric: str = 'test_acc_at_best', also: str | None = 'test_acc_last',
              margin: float = 1.0, k: float = 2.0) -> pd.DataFrame:
     "For each pair `(a, b[, relation])`: the original's numbers and relation, ours (mean % over seeds), the difference ± k·se, and the verdict."
+    check_frame('runs', runs); check_float('margin', margin, 0); check_float('k', k, positive=True)
     rows = []
     for p in pairs:
         a, b = p[:2]
@@ -167,7 +180,7 @@ def pairs_within(experiments, chapters=('exp1', 'exp2', 'exp3')) -> list:
 # %% ../nbs/09_report.ipynb #6993be70
 def conclusions(f: pd.DataFrame) -> str:
     "Markdown sentences, one per verdict, listing the findings of table `f` (from `findings`) that got it."
-    counts = f.verdict.value_counts()
+    counts = check_frame('f', f).verdict.value_counts()
     lines = [f'Of {len(f)} findings of the original checked here: ' + ', '.join(f'{counts[v]} {v}' for v in counts.index) + '.']
     for v, g in f.groupby('verdict', sort=False):
         pm = next(c for c in f.columns if c.startswith('±'))
@@ -179,20 +192,29 @@ def conclusions(f: pd.DataFrame) -> str:
 # %% ../nbs/09_report.ipynb #d6fb047c
 def epoch_history(runs: pd.DataFrame) -> pd.DataFrame:
     "The per-epoch records of `runs` (each result's `history`), one row per (experiment, seed, epoch)."
-    frames = [pd.DataFrame(json.loads(Path(p).read_text())['history']).assign(experiment=e, seed=s)
-              for e, s, p in zip(runs.experiment, runs.seed, runs.path)]
+    frames = [pd.DataFrame(read_result(p)['history']).assign(experiment=e, seed=s)
+              for e, s, p in zip(check_frame('runs', runs).experiment, runs.seed, runs.path)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=['experiment', 'seed', 'epoch', 'valid_acc'])
+
+def _read_log(path) -> pd.DataFrame:
+    "The training log (CSV) at `path`; a ValueError naming it if it is empty."
+    try: return pd.read_csv(path)
+    except pd.errors.EmptyDataError: raise ValueError(f"{path} is an empty training log: rerun its experiment with --redo") from None
 
 def step_log(runs: pd.DataFrame) -> pd.DataFrame:
     "The step rows of the training logs of `runs` (the CSV beside each result), one row per (experiment, seed, step)."
-    frames = [pd.read_csv(Path(p).with_suffix('.csv')).query("kind == 'step'").assign(experiment=e, seed=s)
-              for e, s, p in zip(runs.experiment, runs.seed, runs.path) if Path(p).with_suffix('.csv').exists()]
+    frames = [_read_log(Path(p).with_suffix('.csv')).query("kind == 'step'").assign(experiment=e, seed=s)
+              for e, s, p in zip(check_frame('runs', runs).experiment, runs.seed, runs.path) if Path(p).with_suffix('.csv').exists()]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=['experiment', 'seed', 'step', 'loss'])
 
 # %% ../nbs/09_report.ipynb #7180624f
+def _maybe_int(name, v, lo=1):
+    return None if v is None else check_int(name, v, lo)
+
 def plot_lines(df: pd.DataFrame, x: str, y: str, experiments, ax, scale: float = 1.0, **kw):
     "Mean of `y` (times `scale`) over seeds against `x`, a line per experiment in the order of `experiments`, with a ±1 std band."
-    present = [n for n in experiments if n in set(df.experiment)]
+    check_float('scale', scale)
+    present = [n for n in experiments if n in set(check_frame('df', df).experiment)]
     if not present:
         ax.text(0.5, 0.5, 'no results yet', ha='center', va='center', transform=ax.transAxes)
         return ax
@@ -203,6 +225,7 @@ def plot_lines(df: pd.DataFrame, x: str, y: str, experiments, ax, scale: float =
 
 def curves_figure(runs: pd.DataFrame, experiments, title: str = '', batch_size: int | None = None):
     "Two panels: training loss per optimizer step and validation accuracy per epoch, mean ± std over seeds, one line per experiment."
+    _maybe_int('batch_size', batch_size)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
     plot_lines(step_log(runs), 'step', 'loss', experiments, ax1)
     per = f' (batches of {batch_size})' if batch_size else ''
@@ -224,6 +247,7 @@ def curves_figure(runs: pd.DataFrame, experiments, title: str = '', batch_size: 
 def accuracy_figure(runs: pd.DataFrame, experiments, title: str = '', metric: str = 'test_acc_at_best', reference: str = 'fp',
                     k: float = 2.0):
     "Left: our `metric` per experiment (% per seed, mean ± std). Right: minus `reference`'s, ours ± k·se beside the original's (points)."
+    check_frame('runs', runs); check_float('k', k, positive=True)
     experiments = list(experiments)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(10, 0.9 * len(experiments) + 5), 4.2))
     x = np.arange(len(experiments))
@@ -253,12 +277,12 @@ def accuracy_figure(runs: pd.DataFrame, experiments, title: str = '', metric: st
 # %% ../nbs/09_report.ipynb #ec0ed57b
 def figures_dir() -> Path:
     "`figures/` of the tq_nb checkout we run in, else `./figures`."
-    root = project_root()
-    return root/'figures' if root else Path('figures')
+    return checkout_dir('figures')
 
 def save_figure(fig, name: str, folder=None, dpi: int = 110) -> Path:
     "Save `fig` as `<folder>/<name>.png` (default folder: `figures/`), atomically; returns the path."
-    if not name or '/' in name or name.endswith('.png'): raise ValueError(f"name must be a file name without folder or .png, got {name!r}")
+    check_int('dpi', dpi, 1)
+    if not isinstance(name, str) or not name or '/' in name or name.endswith('.png'): raise ValueError(f"name must be a file name without folder or .png, got {name!r}")
     folder = Path(folder or figures_dir())
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f'.{name}.', suffix='.png')
@@ -284,23 +308,22 @@ N_CLASSES = {'wordnet': len(NOUN_LEXNAMES), 'ag_news': len(AG_NEWS_CLASSES), 'fa
 
 def fresh_model(name: str, dataset: str = 'wordnet', preset: str = 'quick', seed: int = 0):
     "An untrained model of experiment `name` as the runner builds it for `dataset` at `preset`, in eval mode."
-    if dataset not in N_CLASSES: raise ValueError(f"dataset must be one of {list(N_CLASSES)}, got {dataset!r}")
-    if preset not in PRESETS: raise ValueError(f"preset must be one of {list(PRESETS)}, got {preset!r}")
-    image = dataset == 'fashion_mnist'
-    model = build_model(preset, n_classes=N_CLASSES[dataset], vocab_size=None if image else PRESETS[preset]['vocab_size'],
-                        image_size=28 if image else None, seed=seed)
+    check_name('dataset', dataset, N_CLASSES)
+    vocab = None if dataset == 'fashion_mnist' else PRESETS[check_name('preset', preset, PRESETS)]['vocab_size']
     e = get_experiment(name)
-    apply_method_(model, e)
+    model = variant_model(e, preset, seed, N_CLASSES[dataset], vocab)
     if e.method == 'fully': calibrate_(model, [example_batch(model, 8, seed=i) for i in range(2)])
     return model.eval()
 
 def size_table(experiments, dataset: str = 'wordnet', preset: str = 'quick') -> pd.DataFrame:
     "`memory_table` of fresh models of `experiments` (the first is the baseline), for a batch of the preset's size and length."
-    return memory_table({n: fresh_model(n, dataset, preset) for n in experiments}, batch=PRESETS[preset]['batch_size'])
+    batch = PRESETS[check_name('preset', preset, PRESETS)]['batch_size']
+    return memory_table({n: fresh_model(n, dataset, preset) for n in experiments}, batch=batch)
 
 # %% ../nbs/09_report.ipynb #07829a30
 def method_table(runs: pd.DataFrame, experiments, dataset: str = 'wordnet', preset: str = 'quick') -> pd.DataFrame:
     "`accuracy_table` of `experiments` beside stored size and runtime memory of fresh models (`size_table`), reductions vs the first."
+    check_frame('runs', runs)
     st = size_table(experiments, dataset, preset)
     x = lambda v: f'{v:.2f}×'
     mem = pd.DataFrame({'size (MB)': st.size_MB.round(3), 'size reduction': st.size_reduction.map(x),
@@ -312,6 +335,7 @@ def method_table(runs: pd.DataFrame, experiments, dataset: str = 'wordnet', pres
 # %% ../nbs/09_report.ipynb #4640f7c5
 def markdown_table(df: pd.DataFrame) -> str:
     "`df` (index included) as a GitHub markdown table."
+    check_frame('df', df)
     esc = lambda v: str(v).replace('|', '\\|').replace('\n', ' ')
     head = [df.index.name or ''] + [esc(c) for c in df.columns]
     body = [[esc(i)] + [esc(v) for v in r] for i, r in zip(df.index, df.itertuples(index=False))]
@@ -331,6 +355,7 @@ def results_markdown(runs: pd.DataFrame, experiments, suite: str = 'main', prese
 def findings_summary(runs: pd.DataFrame, chapters: dict | None = None, k: float = 2.0) -> pd.DataFrame:
     "Every finding of `chapters` (default `FINDINGS`) on `runs`: original a vs b, ours a vs b (%), difference ± k·se (points), verdict."
     chapters = FINDINGS if chapters is None else chapters
+    if not isinstance(chapters, dict): raise ValueError(f"chapters must be a dict of chapter -> pairs or None, got {type(chapters).__name__}")
     f = pd.concat([findings(runs, ps, also=None, k=k).assign(chapter=ch) for ch, ps in chapters.items()])
     num = lambda v, fmt='{:.1f}': '' if pd.isna(v) else fmt.format(v)
     return pd.DataFrame({'chapter': f.chapter,
@@ -340,19 +365,16 @@ def findings_summary(runs: pd.DataFrame, chapters: dict | None = None, k: float 
                          'seeds': f.seeds, 'verdict': f.verdict}, index=f.index)
 
 # %% ../nbs/09_report.ipynb #976de54b
-from .baselines import BASELINES, baseline_acc
-from .experiments import default_res_dir
-from .learner import select_best
-
 BUDGET_TAGS = {'wordnet': ('base_e3', 'base', 'base_e12', 'base_n10000', 'base_n40000', 'wide'),
                'fashion_mnist': ('base_e3', 'base', 'base_e12')}
 
 def budget_runs(dataset: str = 'wordnet', res_dir=None, tags=None) -> pd.DataFrame:
     "The budget study's full-precision runs of `dataset`: budget, width, and train/valid/test accuracy at the selected epoch."
-    root, rows = Path(res_dir or default_res_dir())/dataset, []
+    if not isinstance(dataset, str): raise ValueError(f"dataset must be a str, got {type(dataset).__name__}")
+    root, rows = Path(check_path('res_dir', res_dir) or default_res_dir())/dataset, []
     for tag in tags or BUDGET_TAGS.get(dataset, ()):
         for p in sorted((root/tag/'fp').glob('seed*.json')):
-            r = json.loads(p.read_text())
+            r = read_result(p)
             b, s = select_best(r['history']), r['config']['preset_settings']
             rows.append(dict(tag=tag, seed=r['seed'], preset=r['preset'], epochs=r['config']['epochs'],
                              train_limit=r['config']['train_limit'], d_model=s['d_model'], best_epoch=b['epoch'],
@@ -361,9 +383,14 @@ def budget_runs(dataset: str = 'wordnet', res_dir=None, tags=None) -> pd.DataFra
     return pd.DataFrame(rows)
 
 # %% ../nbs/09_report.ipynb #86932249
+def _base_all_data(runs: pd.DataFrame) -> pd.Series:
+    "Which of the budget runs `runs` are at the `base` size on all the data (the plateau rule's runs)."
+    return (check_frame('runs', runs).preset == 'base') & runs.train_limit.isna()
+
 def doubling_gains(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
     "Test-accuracy gain in points from doubling the epochs (`base`, all data; mean over seeds), and whether it is < `threshold`."
-    full = runs[(runs.preset == 'base') & runs.train_limit.isna()].groupby('epochs').test_acc.mean()
+    check_float('threshold', threshold)
+    full = runs[_base_all_data(runs)].groupby('epochs').test_acc.mean()
     rows = [dict(epochs=f'{a} → {2*a}', gain=100 * (full[2*a] - full[a]), plateau=100 * (full[2*a] - full[a]) < threshold)
             for a in full.index if 2*a in full.index]
     return pd.DataFrame(rows, columns=['epochs', 'gain', 'plateau'])
@@ -371,11 +398,14 @@ def doubling_gains(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
 # %% ../nbs/09_report.ipynb #f4a7d5fc
 def budget_figure(runs_by_dataset: dict, references: dict | None = None):
     "One panel per dataset: FP test accuracy (%) against epochs, other budgets as labelled points, `references` {dataset: {label: acc}} as dashed lines."
+    if not (isinstance(runs_by_dataset, dict) and runs_by_dataset):
+        raise ValueError(f"runs_by_dataset must be a non-empty dict of dataset -> budget_runs table, got {runs_by_dataset!r}")
     fig, axes = plt.subplots(1, len(runs_by_dataset), figsize=(5.5 * len(runs_by_dataset), 3.8), squeeze=False)
     for ax, (ds, runs) in zip(axes[0], runs_by_dataset.items()):
-        base = runs[(runs.preset == 'base') & runs.train_limit.isna()].groupby('epochs').test_acc.mean()
+        full = _base_all_data(runs)
+        base = runs[full].groupby('epochs').test_acc.mean()
         ax.plot(base.index, 100 * base.values, 'o-', label='base, all data')
-        for _, r in runs[~runs.index.isin(runs[(runs.preset == 'base') & runs.train_limit.isna()].index)].iterrows():
+        for _, r in runs[~full].iterrows():
             what = f"{int(r.train_limit):,} examples" if r.train_limit == r.train_limit and r.train_limit else f"d_model {int(r.d_model)}"
             ax.plot(r.epochs, 100 * r.test_acc, 's'); ax.annotate(what, (r.epochs, 100 * r.test_acc), fontsize=8,
                                                                  xytext=(4, -3), textcoords='offset points')
@@ -387,13 +417,12 @@ def budget_figure(runs_by_dataset: dict, references: dict | None = None):
     return fig
 
 # %% ../nbs/09_report.ipynb #0bcaa3a2
-from fastcore.script import call_parse, Param
-from .experiments import result_path, suite_experiments
-
 _TIMINGS = ('epoch_time', 'time')
 
 def compare_histories(new: list, old: list) -> str:
     "'identical' if the two per-epoch records agree on everything but timings, else how they differ."
+    for name, h in (('new', new), ('old', old)):
+        if not isinstance(h, list): raise ValueError(f"{name} must be a list of per-epoch records (a result's history), got {type(h).__name__}")
     strip = lambda h: [{k: v for k, v in r.items() if k not in _TIMINGS} for r in h]
     a, b = strip(new), strip(old)
     if a == b: return 'identical'
@@ -404,15 +433,13 @@ def compare_histories(new: list, old: list) -> str:
 
 def reproduction_table(suite: str, preset: str, seed: int = 0, scratch_res=None, res_dir=None) -> pd.DataFrame:
     "Each run of `suite` with `seed` in `scratch_res` against the committed one in `res_dir`: test accuracies and whether the history is identical."
-    b, rows = suite_budget(suite, preset), []
-    for e in suite_experiments(suite):
-        new, old = (result_path(e, seed, b['tag'], d) for d in (scratch_res, res_dir))
-        rn = json.loads(new.read_text()) if new.exists() else None
-        ro = json.loads(old.read_text()) if old.exists() else None
+    rows = []
+    for run in suite_runs(suite, preset, [seed], res_dir=scratch_res):
+        rn, ro = (read_result(r.result_path) if r.result_path.exists() else None for r in (run, replace(run, res_dir=res_dir)))
         acc = lambda r: None if r is None else 100 * select_best(r['history'])['test_acc']
         verdict = ('not run' if rn is None else 'no committed result' if ro is None
                    else compare_histories(rn['history'], ro['history']))
-        rows.append(dict(experiment=e.name, rerun=acc(rn), committed=acc(ro), reproduces=verdict,
+        rows.append(dict(experiment=run.experiment.name, rerun=acc(rn), committed=acc(ro), reproduces=verdict,
                          rerun_minutes=None if rn is None else rn['wall_time'] / 60))
     return pd.DataFrame(rows).set_index('experiment')
 
@@ -420,7 +447,7 @@ def reproduction_table(suite: str, preset: str, seed: int = 0, scratch_res=None,
 @call_parse
 def tq_reproduce(
     suite: Param("suite whose runs were retrained", str)='headline',
-    preset: Param("model and training size they were trained at", str)='base',
+    preset: Param("model and training size they were trained at", str, choices=list(PRESETS))='base',
     seed: Param("the seed retrained", int)=0,
     scratch: Param("results folder of the reruns", str)='scratch/res',
     res_dir: Param("committed results folder (default: res/ of the checkout)", str)=None,
