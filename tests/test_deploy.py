@@ -16,6 +16,8 @@ from tq_nb.checkpoint import CheckpointError
 from tq_nb.transformer import InputQuantizer, QuantizedLinear, QWeight, build_model, replace_linears_
 from tq_nb.quantize import fake_quant, qrange
 
+import test_memory  # its damaged-file helpers; imported here, not inside a @given test (hypothesis refuses nested @given)
+
 SETTINGS = settings(max_examples=30, deadline=None)
 
 
@@ -251,7 +253,6 @@ def _out(m):
 @given(st.data())
 def test_damaged_checkpoint_fails_cleanly_or_loads_exactly(int_ckpt, data):
     "A truncated or flipped file raises a CheckpointError (a model passed in keeps its layers and values), or loads exactly."
-    import test_memory
     im, path = int_ckpt
     bad = test_memory.damaged(path.read_bytes(), data)
     def load(target, p): return load_int(p, model=target)
