@@ -16,7 +16,8 @@ from .transformer import POST_RELU_PARTS, QWeight, QuantizedLinear, part_name, r
 
 # %% auto #0
 __all__ = ['METHODS', 'EDE_METHODS', 'PATTERNS', 'sign', 'ede_grad', 'SignSTE', 'SignEDE', 'ir_net_t', 'ir_net_step_epoch',
-           'libra_pb', 'IRNetSign', 'binary_sign', 'BinaryLinear', 'binarize_', 'set_ir_net_epoch_']
+           'libra_pb', 'IRNetSign', 'Binarizer', 'ScaledBinarizer', 'IRNetBinarizer', 'get_binarizer', 'binary_sign',
+           'BinaryLinear', 'binarize_', 'set_ir_net_epoch_']
 
 # %% ../nbs/04_binarize.ipynb #699939cd
 def sign(x: torch.Tensor) -> torch.Tensor:
@@ -101,15 +102,58 @@ class IRNetSign(torch.autograd.Function):
         return (g - g.mean(1, keepdim=True) - wh * (g * wh).mean(1, keepdim=True)) / std, None, None, None
 
 # %% ../nbs/04_binarize.ipynb #a4882859
-METHODS = ('basic', 'scaled', 'irnet', 'irnet_scaled')
-EDE_METHODS = ('irnet', 'irnet_scaled')  # the methods with EDE's surrogate and its t/k schedule
+class Binarizer:
+    "The original's basic binarizer, ±1 weights with the clipped straight-through gradient; the others override what differs."
+    name, uses_ede = 'basic', False
+    def __repr__(self): return f"{type(self).__name__}({self.name!r})"
+
+    def sign(self, x: torch.Tensor, t: float = 1.0, k: float = 1.0) -> torch.Tensor:
+        "sign(x) with this binarizer's surrogate gradient (`t`, `k`: EDE's schedule, unused by the STE)."
+        return SignSTE.apply(x)
+
+    def weight(self, w: torch.Tensor, t: float = 1.0, k: float = 1.0) -> torch.Tensor:
+        "The binary weight the forward pass uses, differentiable (by the surrogate) w.r.t. the latent `w`."
+        return SignSTE.apply(w)
+
+    @torch.no_grad()
+    def codes_alpha(self, w: torch.Tensor) -> tuple:
+        "The 1-bit codes (True for +α) and the scale α of each output row: the weight is ±α."
+        return w >= 0, w.new_ones(w.shape[0], 1)
+
+class ScaledBinarizer(Binarizer):
+    "sign(w) times its row's mean |w| (XNOR-Net's α), with the clipped straight-through gradient."
+    name = 'scaled'
+    def weight(self, w, t=1.0, k=1.0): return SignSTE.apply(w) * w.abs().mean(1, keepdim=True)
+    @torch.no_grad()
+    def codes_alpha(self, w): return w >= 0, w.abs().mean(1, keepdim=True)
+
+class IRNetBinarizer(Binarizer):
+    "IR-Net: Libra-PB weights (balanced and standardized, power-of-two scale) and EDE's surrogate; `restore_std` also multiplies by the row's std."
+    uses_ede = True
+    def __init__(self, restore_std: bool = False):
+        self.restore_std, self.name = restore_std, 'irnet_scaled' if restore_std else 'irnet'
+    def sign(self, x, t=1.0, k=1.0): return SignEDE.apply(x, t, k)
+    def weight(self, w, t=1.0, k=1.0): return IRNetSign.apply(w, t, k, self.restore_std)
+    @torch.no_grad()
+    def codes_alpha(self, w):
+        wh, s, std = libra_pb(w)
+        return wh >= 0, s * std if self.restore_std else s
+
+_BINARIZERS = {b.name: b for b in (Binarizer(), ScaledBinarizer(), IRNetBinarizer(), IRNetBinarizer(restore_std=True))}
+METHODS = tuple(_BINARIZERS)
+EDE_METHODS = tuple(n for n, b in _BINARIZERS.items() if b.uses_ede)  # the methods with EDE's surrogate and its t/k schedule
 
 def _check_method(method):
     if method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
+def get_binarizer(method: str) -> Binarizer:
+    "The `Binarizer` object of `method` (one of `METHODS`)."
+    _check_method(method)
+    return _BINARIZERS[method]
+
 def binary_sign(x: torch.Tensor, method: str = 'basic', t: float = 1.0, k: float = 1.0) -> torch.Tensor:
     "sign(x) with `method`'s surrogate gradient: EDE(t, k) for the IR-Net methods, the clipped STE otherwise."
-    return SignEDE.apply(x, t, k) if method in EDE_METHODS else SignSTE.apply(x)
+    return get_binarizer(method).sign(x, t, k)
 
 # %% ../nbs/04_binarize.ipynb #5fe1fb79
 class BinaryLinear(QuantizedLinear):
@@ -120,26 +164,28 @@ class BinaryLinear(QuantizedLinear):
         for name, v in (('binarize_act', binarize_act), ('post_relu', post_relu)):
             if not isinstance(v, bool): raise ValueError(f"{name} must be a bool, got {v!r}")
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self.method, self.binarize_act, self.post_relu = method, binarize_act, post_relu
+        self.binarizer, self.binarize_act, self.post_relu = get_binarizer(method), binarize_act, post_relu
         self.quant_enabled = True
         self.t, self.k = ir_net_t(0, 1)
 
     @property
+    def method(self) -> str:
+        "The name of this layer's binarizer (one of `METHODS`)."
+        return self.binarizer.name
+
+    @property
     def uses_ede(self) -> bool:
         "Whether this layer trains with EDE and follows its t/k schedule (the IR-Net methods)."
-        return self.method in EDE_METHODS
+        return self.binarizer.uses_ede
 
     def binary_weight(self) -> torch.Tensor:
         "The binarized weight the forward pass uses, differentiable (by the surrogate) w.r.t. `.weight`."
-        w = self.weight
-        if self.uses_ede: return IRNetSign.apply(w, self.t, self.k, self.method == 'irnet_scaled')
-        b = SignSTE.apply(w)
-        return b * w.abs().mean(1, keepdim=True) if self.method == 'scaled' else b
+        return self.binarizer.weight(self.weight, self.t, self.k)
 
     def binary_input(self, x: torch.Tensor) -> torch.Tensor:
         "The binarized input: ±1, or {0, 1} when `post_relu`."
-        if self.post_relu: return (1 - binary_sign(-x, self.method, self.t, self.k)) / 2
-        return binary_sign(x, self.method, self.t, self.k)
+        if self.post_relu: return (1 - self.binarizer.sign(-x, self.t, self.k)) / 2
+        return self.binarizer.sign(x, self.t, self.k)
 
     def forward(self, x):
         if not self.quant_enabled: return F.linear(x, self.weight, self.bias)
@@ -154,19 +200,9 @@ class BinaryLinear(QuantizedLinear):
 
 # %% ../nbs/04_binarize.ipynb #79a791d2
 @patch
-@torch.no_grad()
-def _codes_and_alpha(self: BinaryLinear):
-    w = self.weight
-    if self.uses_ede:
-        wh, s, std = libra_pb(w)
-        return wh >= 0, s * std if self.method == 'irnet_scaled' else s
-    alpha = w.abs().mean(1, keepdim=True) if self.method == 'scaled' else w.new_ones(w.shape[0], 1)
-    return w >= 0, alpha
-
-@patch
 def qweight(self: BinaryLinear) -> QWeight:
     "The binary weight as 1-bit codes: `+α` ↦ 1, `−α` ↦ 0, value = (code − ½)·2α, 2α per output channel."
-    codes, alpha = self._codes_and_alpha()
+    codes, alpha = self.binarizer.codes_alpha(self.weight)
     return QWeight(codes.to(torch.uint8), 1, 2 * alpha, torch.tensor(0.5, dtype=alpha.dtype, device=alpha.device))
 
 # %% ../nbs/04_binarize.ipynb #64a24ddc
