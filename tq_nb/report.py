@@ -25,12 +25,13 @@ from .memory import example_batch, memory_table
 from .transformer import PRESETS
 
 # %% auto #0
-__all__ = ['RUN_COLUMNS', 'VERDICTS', 'FINDINGS', 'N_CLASSES', 'BUDGET_TAGS', 'suite_budget', 'load_runs', 'suite_command',
-           'missing_runs', 'missing_note', 'with_results', 'accuracy_table', 'original_relation', 'verdict', 'findings',
-           'pairs_within', 'conclusions', 'epoch_history', 'step_log', 'plot_lines', 'curves_figure', 'accuracy_figure',
-           'figures_dir', 'save_figure', 'save_and_show', 'fresh_model', 'size_table', 'method_table', 'markdown_table',
-           'results_markdown', 'findings_summary', 'budget_runs', 'doubling_gains', 'budget_figure',
-           'compare_histories', 'reproduction_table', 'tq_reproduce']
+__all__ = ['RUN_COLUMNS', 'VERDICTS', 'FINDINGS', 'DECIDED', 'CHANGES', 'TRAINED_BINARIZER_ROWS', 'N_CLASSES', 'BUDGET_TAGS',
+           'suite_budget', 'load_runs', 'suite_command', 'missing_runs', 'missing_note', 'with_results',
+           'accuracy_table', 'original_relation', 'verdict', 'findings', 'pairs_within', 'conclusions',
+           'verdict_changes', 'changes_note', 'trained_binarizer_pairs', 'epoch_history', 'step_log', 'plot_lines',
+           'curves_figure', 'accuracy_figure', 'figures_dir', 'save_figure', 'save_and_show', 'fresh_model',
+           'size_table', 'method_table', 'markdown_table', 'results_markdown', 'findings_summary', 'budget_runs',
+           'doubling_gains', 'budget_figure', 'compare_histories', 'reproduction_table', 'tq_reproduce']
 
 # %% ../nbs/09_report.ipynb #a90d8541
 def _budget_run(suite: str, preset: str) -> Run:
@@ -188,6 +189,53 @@ def conclusions(f: pd.DataFrame) -> str:
                  for i, r in g.iterrows()]
         lines.append(f'- **{v}**: ' + '; '.join(items) + '.')
     return '\n'.join(lines)
+
+# %% ../nbs/09_report.ipynb #2e744ab9
+DECIDED = VERDICTS[:2]  # 'holds', 'does not hold': the verdicts a comparison can change between
+
+def verdict_changes(before: pd.DataFrame, after: pd.DataFrame, labels=('before', 'after')) -> pd.DataFrame:
+    "Two `findings` tables side by side: each side's difference and verdict, and `changed` (yes, no, decided now, undecided now, or '')."
+    if not (isinstance(labels, (tuple, list)) and len(labels) == 2 and all(isinstance(x, str) for x in labels) and labels[0] != labels[1]):
+        raise ValueError(f"labels must be two different names for the sides, got {labels!r}")
+    a, b = labels
+    sides = [check_frame(n, f)[['difference', 'verdict']].rename(columns=lambda c: f'{x} {c}')
+             for n, f, x in (('before', before, a), ('after', after, b))]
+    t = sides[0].join(sides[1], how='outer').reindex(list(dict.fromkeys([*before.index, *after.index])))
+    t[[f'{a} verdict', f'{b} verdict']] = t[[f'{a} verdict', f'{b} verdict']].fillna('no results')
+    da, db = t[f'{a} verdict'].isin(DECIDED), t[f'{b} verdict'].isin(DECIDED)
+    same = t[f'{a} verdict'] == t[f'{b} verdict']
+    t['changed'] = np.select([da & db & same, da & db, db, da], ['no', 'yes', 'decided now', 'undecided now'], '')
+    return t
+
+# %% ../nbs/09_report.ipynb #32202b11
+CHANGES = ('yes', 'decided now', 'undecided now', 'no')
+
+def changes_note(t: pd.DataFrame) -> str:
+    "Markdown: the findings of `t` (from `verdict_changes`) grouped by what became of their verdict."
+    if 'changed' not in check_frame('t', t).columns: raise ValueError("t must be a table from verdict_changes (it has no 'changed' column)")
+    a, b = (c[:-len(' verdict')] for c in t.columns if c.endswith(' verdict'))
+    words = {'yes': 'verdict changed', 'decided now': f'decided only on the {b} side', 'undecided now': f'decided only on the {a} side',
+             'no': 'same verdict'}
+    lines = [f'- **{words[c]}** ({(t.changed == c).sum()}): ' + ', '.join(f'`{i}`' for i in t.index[t.changed == c])
+             for c in CHANGES if (t.changed == c).any()]
+    rest = (t.changed == '').sum()
+    if rest: lines.append(f'- **undecided on both sides** ({rest}): ' + ', '.join(f'`{i}`' for i in t.index[t.changed == '']))
+    return '\n'.join(lines)
+
+# %% ../nbs/09_report.ipynb #0eeb05d7
+TRAINED_BINARIZER_ROWS = {'bin': 'bin_scaled', 'irnet': 'irnet_scaled', 'bin_mha': 'bin_scaled_mha', 'bin_ffn': 'bin_scaled_ffn',
+                          'bin_cls': 'bin_scaled_cls', 'bin_all_final': 'bin_scaled_all_final',
+                          'bin_all_qk': 'bin_scaled_qk', 'bin_all_qv': 'bin_scaled_qv', 'bin_all_kv': 'bin_scaled_kv'}
+
+def trained_binarizer_pairs(pairs) -> list:
+    "The findings `pairs` that involve a binarized row, asked of the binarizer that trains (`TRAINED_BINARIZER_ROWS`), with the original's relation."
+    out = []
+    for p in pairs:
+        a, b = p[:2]
+        if a not in TRAINED_BINARIZER_ROWS and b not in TRAINED_BINARIZER_ROWS: continue
+        rel = p[2] if len(p) > 2 else original_relation(a, b)
+        out.append((TRAINED_BINARIZER_ROWS.get(a, a), TRAINED_BINARIZER_ROWS.get(b, b), rel))
+    return out
 
 # %% ../nbs/09_report.ipynb #d6fb047c
 def epoch_history(runs: pd.DataFrame) -> pd.DataFrame:
