@@ -14,7 +14,8 @@ from tq_nb.transformer import BERT_NAMING, GROUPS, PARTS, build_model, select_li
 from tq_nb.quantize import QuantLinear, quantize_
 from tq_nb.fully_quantize import calibrate_, fully_quantize_
 from tq_nb.binarize import BinaryLinear, binarize_
-from tq_nb.memory import load_packed, model_size, packed_nbytes, save_packed
+from tq_nb.checkpoint import load_packed, save_packed
+from tq_nb.size import model_size, packed_nbytes
 from tq_nb.deploy import load_int, save_int, to_int
 
 @pytest.fixture(autouse=True)
