@@ -21,6 +21,8 @@ from torch import nn
 from safetensors.torch import save as st_save
 
 from tq_nb.data import atomic_write_bytes
+
+from common import conditions, cpu_name
 from tq_nb.transformer import build_model, strip_quant_
 from tq_nb.deploy import convert_, int_mm, load_int, save_int
 from tq_nb.quantize import quantize_
@@ -43,17 +45,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def conditions():
-    "Load and CPU pressure right now (the CPU may be shared)."
-    c = dict(loadavg=os.getloadavg())
-    try: c['cpu_pressure'] = Path('/proc/pressure/cpu').read_text().splitlines()[0]
-    except OSError: pass
-    return c
-
-
-def cpu_name():
-    try: return next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
-    except (OSError, StopIteration): return platform.processor()
 
 
 def quantized(model, bits):

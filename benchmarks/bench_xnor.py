@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import save as st_save
 
 from tq_nb.data import atomic_write_bytes
+
+from common import conditions
 from tq_nb.binarize import BinaryLinear, binarize_
 from tq_nb.deploy import IntLinear, convert_, int_mm, save_int
 from tq_nb.transformer import build_model
@@ -38,14 +40,6 @@ def parse_args(argv=None):
     p.add_argument('--no-model', action='store_true', help='skip the end-to-end encoder comparison')
     p.add_argument('--out', default=None, help='result JSON (default res/deploy/bench_xnor_cpu.json)')
     return p.parse_args(argv)
-
-
-def conditions():
-    "Load and CPU pressure right now (the CPU may be shared)."
-    c = dict(loadavg=os.getloadavg())
-    try: c['cpu_pressure'] = Path('/proc/pressure/cpu').read_text().splitlines()[0]
-    except OSError: pass
-    return c
 
 
 def cpu_info():

@@ -1,6 +1,7 @@
 """Timing helpers shared by the training-step benchmarks: one optimizer step per call, and variants timed
 side by side, interleaved in a shuffled order every round so machine load hits them alike."""
-import random, time
+import os, platform, random, time
+from pathlib import Path
 import torch
 import torch.nn.functional as F
 
@@ -66,3 +67,15 @@ def time_and_report(models: dict, batch, cfg, a, note: str = '') -> dict:
 def verdict(label: str, ratio: float, target: float):
     "Print a measured ratio against its target."
     print(f"{label} = {ratio:.3f} (target <= {target}): {'OK' if ratio <= target else 'ABOVE TARGET'}")
+
+def conditions():
+    "Load and CPU pressure right now (the CPU may be shared)."
+    c = dict(loadavg=os.getloadavg())
+    try: c['cpu_pressure'] = Path('/proc/pressure/cpu').read_text().splitlines()[0]
+    except OSError: pass
+    return c
+
+def cpu_name():
+    "The CPU's model name (from /proc/cpuinfo, else platform's)."
+    try: return next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
+    except (OSError, StopIteration): return platform.processor()
