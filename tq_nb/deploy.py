@@ -14,6 +14,7 @@ from torch import nn
 
 from .transformer import (EncoderClassifier, InputQuantizer, IntegerLinear, ModelConfig, QuantizedLinear, QWeight,
                                replace_linears_, select_linears)
+from .binarize import BinaryLinear
 from .size import pack_bits, packed_nbytes, unpack_bits
 from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, check_tensors, config_hint, model_config,
                               read_checkpoint, tensor_layout, write_checkpoint)
@@ -215,7 +216,7 @@ def _to_int_linear(name: str, m: QuantizedLinear, act: str, lazy: bool, binary: 
     if not (isinstance(qw.bits, int) and 1 <= qw.bits <= 8):
         raise NotConvertible(f"{name}: {qw.bits}-bit weights; the integer path supports 1..8 bits")
     aq, rng, mode = m.input_quantizer(), None, 'dynamic'
-    if getattr(m, 'binarize_act', False):
+    if isinstance(m, BinaryLinear) and m.binarize_act:
         on_cpu = qw.codes.device.type == 'cpu'
         if qw.bits == 1 and (binary == 'xnor' or (binary == 'auto' and xnor.HAVE_NUMBA and on_cpu)):
             return XnorLinear.from_qweight(qw, m.bias, m.post_relu)

@@ -14,7 +14,8 @@ from torch import nn
 from .quantize import (QuantLinear, check_bits, check_finite, check_weight_settings, fake_quant, qrange,
                             quantize_codes, range_qparams)
 from .checks import check_module
-from .transformer import POST_RELU_PARTS, InputQuantizer, MultiHeadAttention, QWeight, part_name, replace_linears_
+from .transformer import (POST_RELU_PARTS, InputQuantizer, MultiHeadAttention, QuantizedLinear, QWeight, part_name,
+                               replace_linears_)
 
 # %% auto #0
 __all__ = ['ATTN_INPUTS', 'EMARange', 'ActQuantizer', 'LSQFakeQuant', 'LSQQuantizer', 'make_act_quantizer', 'FullQuantLinear',
@@ -255,7 +256,7 @@ def calibrate_(model: nn.Module, batches) -> int:
     check_module('model', model)
     observers = [m for m in model.modules() if isinstance(m, EMARange)]
     if not observers: raise ValueError("model has no activation observers to calibrate: run fully_quantize_ on it first")
-    flags = {m: m.quant_enabled for m in model.modules() if hasattr(m, 'quant_enabled')}
+    flags = {m: m.quant_enabled for m in model.modules() if isinstance(m, (QuantizedLinear, InputQuantizer))}
     was_training, n = model.training, 0
     model.eval()
     for o in observers: o.train()

@@ -294,7 +294,7 @@ def set_quant_(model: nn.Module, enabled: bool = True) -> int:
     "Switch quantization on or off in every quantized module of `model`; returns how many were switched."
     check_module('model', model)
     if not isinstance(enabled, bool): raise ValueError(f"enabled must be a bool, got {enabled!r}")
-    mods = [m for m in model.modules() if hasattr(m, 'quant_enabled')]
+    mods = [m for m in model.modules() if isinstance(m, (QuantizedLinear, InputQuantizer))]
     for m in mods: m.quant_enabled = enabled
     return len(mods)
 
@@ -302,7 +302,7 @@ def strip_quant_(model: nn.Module, bake: bool = True) -> nn.Module:
     "Replace every quantized layer by a plain `nn.Linear` (quantized weights if `bake`, else latent ones), and attention hooks by identities."
     check_module('model', model)
     for name, m in list(model.named_modules()):
-        if hasattr(m, 'to_linear'): _set_module(model, name, m.to_linear(bake))
+        if isinstance(m, QuantizedLinear): _set_module(model, name, m.to_linear(bake))
     for m in model.modules():
         if isinstance(m, MultiHeadAttention):
             for hook in ('q_act', 'k_act', 'p_act', 'v_act'): setattr(m, hook, nn.Identity())

@@ -13,6 +13,7 @@ from fastcore.basics import patch
 from torch import nn
 
 from .size import pack_bits, unpack_bits
+from .binarize import BinaryLinear
 from .transformer import IntegerLinear, QWeight
 
 try:
@@ -272,7 +273,7 @@ class XnorLinear(IntegerLinear):
     @classmethod
     def from_binary_linear(cls, m: nn.Module) -> XnorLinear:
         "An `XnorLinear` computing what `BinaryLinear` `m` (with `binarize_act=True`) computes."
-        if not getattr(m, 'binarize_act', False):
+        if not (isinstance(m, BinaryLinear) and m.binarize_act):
             raise ValueError(f"m must binarize its input (a BinaryLinear with binarize_act=True), got {type(m).__name__}")
         return cls.from_qweight(m.qweight(), m.bias, m.post_relu)
 
