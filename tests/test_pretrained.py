@@ -103,3 +103,65 @@ def test_run_pretrained_writes_skips_and_redoes(tmp_path):
     assert P.run_pretrained(['w4'], **kw)['w4']['finished'] == on_disk['finished']
     assert P.run_pretrained(['w4'], **kw, redo=True)['w4']['wall_time'] != on_disk['wall_time']
     assert list(P.load_pretrained(tmp_path/'res').index) == ['fp32', 'w4']
+
+
+def _kw(tmp_path):
+    return dict(n_train=100, n_valid=20, n_test=20, res_dir=tmp_path/'res', make_model=tiny_bert, tok=TOK,
+                splits=synthetic_text(n=250, seed=0), cache_dir=tmp_path/'cache', tag='tiny')
+
+
+def test_int_backends_are_integer_and_close():
+    from tq_nb.deploy import IntLinear
+    calib = P.calibration_batches(TOK, TEXTS, 2, 2)
+    ref = P.embed(tiny_bert(), TOK, TEXTS)
+    for name in P.INT_BACKENDS:
+        m = P.int_backend(name, tiny_bert(), calib)
+        if name.startswith('tq_'): assert isinstance(m.encoder.layer[1].output.dense, IntLinear)
+        assert P.cosine_to_reference(P.embed(m, TOK, TEXTS), ref) > 0.99, name
+    with pytest.raises(ValueError, match='calib must be'): P.int_backend('tq_w8a8_static', tiny_bert())
+
+
+def test_paired_timings_rotate_and_ratio():
+    calls = []
+    t = P.paired_timings({k: (lambda k=k: calls.append(k)) for k in 'ab'}, repeats=2, warmup=0, threads=1)
+    assert calls == ['a', 'b', 'b', 'a'] and [len(v) for v in t.values()] == [2, 2]
+    r = P.paired_ratio({'x': [3., 1.], 'y': [1., 2.]}, 'x', 'y')
+    assert r['den_faster_rounds'] == 1 and r['rounds'] == 2 and r['median'] == pytest.approx(1.75)
+
+
+def test_run_int_inference_writes_one_file(tmp_path):
+    r = P.run_int_inference(['tq_int8'], **_kw(tmp_path), batch_size=8, n_calib=1, rounds=2, rounds_single=2)
+    assert list(r['backends']) == ['fp32', 'tq_int8'] and r['backends']['fp32']['probe_agreement'] == 1.
+    assert json.loads((tmp_path/'res'/'int_inference.json').read_text())['timing']['batch']['sequences'] == 8
+    assert set(r['timing']['single']['paired']) == {'fp32 / tq_int8', 'tq_int8 / fp32'}
+
+
+def test_part_variant_and_sensitivity(tmp_path):
+    m = P.part_variant('ffn.w1', 4, tiny_bert())
+    assert type(m.encoder.layer[0].intermediate.dense) is QuantLinear and type(m.encoder.layer[0].output.dense) is nn.Linear
+    assert P.part_variant('mha.v', 1, tiny_bert()).encoder.layer[1].attention.self.value.method == 'scaled'
+    tab = P.run_sensitivity(('ffn.w1', 'layers.0'), (2,), **_kw(tmp_path))
+    assert list(tab.n_linears) == [2, 6] and (tmp_path/'res'/'sensitivity.csv').exists()
+    assert sorted(p.name for p in (tmp_path/'res'/'sensitivity').iterdir()) == ['ffn.w1_2bit.json', 'layers.0_2bit.json']
+
+
+def test_distill_improves_student_and_freezes_embeddings():
+    texts = synthetic_text(n=100, seed=0).train.texts[:48]
+    teacher = P.embed(tiny_bert(), TOK, texts)
+    student = P.ptq_variant('w2', tiny_bert())
+    before = P.cosine_to_reference(P.embed(student, TOK, texts), teacher)
+    hist = P.distill_(student, TOK, texts, teacher, epochs=2, batch_size=16, lr=1e-3, loss='mse')
+    assert len(hist) == 6 and P.cosine_to_reference(P.embed(student, TOK, texts), teacher) > before
+    torch.testing.assert_close(student.embeddings.word_embeddings.weight, tiny_bert().embeddings.word_embeddings.weight)
+    with pytest.raises(ValueError, match='one row per text'): P.distill_(student, TOK, texts[:3], teacher)
+
+
+def test_run_qat_reports_recovery(tmp_path):
+    kw = _kw(tmp_path)
+    P.run_pretrained(['w2'], **kw, batch_size=16, repeats=1)
+    q = P.run_qat(['w2'], n_distill=32, **kw, batch_size=16)['w2']
+    assert q['distill']['first_gloss'] == 100 and q['distill']['steps'] == 2 and set(q['recovered']) == set(P.QAT_METRICS)
+    assert json.loads((tmp_path/'res'/'qat_w2.json').read_text())['base'] == 'w2'
+    assert list(P.load_pretrained(tmp_path/'res').index) == ['w2']
+    assert P.recovered(dict(cosine_test=0., probe_fp32_acc=.2, probe_retrained_acc=.5), dict(cosine_test=.5, probe_fp32_acc=.2, probe_retrained_acc=.6),
+                       dict(cosine_test=1., probe_fp32_acc=.6, probe_retrained_acc=.6)) == dict(cosine_test=.5, probe_fp32_acc=0., probe_retrained_acc=pytest.approx(1.))
