@@ -8,7 +8,7 @@ from hypothesis import given, settings, assume, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from tq_nb.quantize import (quantize_tensor, qparams, qrange, fake_quant, QuantLinear, quantize_, check_bits)
-from tq_nb.transformer import build_model, select_linears
+from tq_nb.transformer import QWeight, build_model, select_linears
 
 bits_st = st.integers(1, 8)
 elems = st.floats(-1e3, 1e3, width=32, allow_subnormal=False)
@@ -144,3 +144,45 @@ def test_surgery_keeps_weights_and_rejects_bad_parts():
     assert all(type(l) is torch.nn.Linear for l in select_linears(m).values())  # nothing changed by the failed call
     names = quantize_(m, 'all|~cls.final', bits=4)
     assert len(names) == 13 and all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+# --- per-group weights (issue 14) ---
+from tq_nb.quantize import GroupedQWeight, make_qweight
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 8), st.booleans(), st.sampled_from([1, 2, 3, 4, 6, 12]), st.integers(0, 2**16), st.sampled_from(['nearest', 'stochastic']))
+def test_grouped_qweight_is_eval_weight_bit_for_bit(bits, symmetric, group_size, seed, rounding):
+    torch.manual_seed(seed)
+    ql = QuantLinear.from_linear(torch.nn.Linear(12, 5), bits=bits, symmetric=symmetric, rounding=rounding, group_size=group_size).eval()
+    qw = ql.qweight()
+    assert qw.codes.shape == (5, 12) and qw.scale.shape == qw.zero_point.shape == (5, 12 // group_size)
+    assert type(qw) is (QWeight if group_size == 12 else GroupedQWeight)
+    with torch.no_grad():
+        assert torch.equal(qw.dequantize(), ql.quantized_weight())
+        x = torch.randn(3, 12)
+        assert torch.equal(ql(x), torch.nn.functional.linear(x, qw.dequantize(), ql.bias))
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 8), st.booleans(), st.integers(0, 2**16))
+def test_one_group_per_row_is_per_channel(bits, symmetric, seed):
+    w = torch.randn(6, 10, generator=torch.Generator().manual_seed(seed))
+    assert all(torch.equal(a, b) for a, b in zip(qparams(w, bits, symmetric, group_size=10), qparams(w, bits, symmetric, per_channel=True)))
+    assert torch.equal(quantize_tensor(w, bits, symmetric, group_size=10), quantize_tensor(w, bits, symmetric, per_channel=True))
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.float32, (4, 12), elements=st.floats(-1e3, 1e3, width=32)), st.integers(2, 8), st.booleans(), st.sampled_from([2, 3, 4, 6]))
+def test_grouped_error_at_most_half_its_groups_step(a, bits, symmetric, group_size):
+    w = torch.from_numpy(a)
+    s, _ = qparams(w, bits, symmetric, group_size=group_size)
+    err = (quantize_tensor(w, bits, symmetric, group_size=group_size) - w).abs()
+    assert (err <= s.repeat_interleave(group_size, 1) / 2 * (1 + 1e-4) + 1e-30).all() or not symmetric  # asymmetric: see the edge case above
+
+def test_group_size_checked_and_positional_calls_unchanged():
+    with pytest.raises(ValueError, match='group_size must divide in_features=12'): QuantLinear(12, 2, group_size=5)
+    for bad in (0, -2, 2.5, '4', True): 
+        with pytest.raises(ValueError, match='group_size must be an int'): QuantLinear(12, 2, group_size=bad)
+    with pytest.raises(ValueError, match="grid 'twn'"): QuantLinear(12, 2, bits=2, grid='twn', group_size=4)
+    m = build_model('tiny', n_classes=2, vocab_size=20, seed=0)
+    with pytest.raises(ValueError, match="in_features=32 of 'layers.0.mha.q'"): quantize_(m, group_size=24)
+    assert all(type(l) is torch.nn.Linear for l in select_linears(m).values())  # checked before the first layer changed
+    assert QuantLinear(8, 2, True, 4, True, True, 'nearest').group_size is None
+    assert type(make_qweight(torch.zeros(2, 4, dtype=torch.uint8), 4, torch.ones(2, 1), torch.zeros(2, 1))) is QWeight
