@@ -286,3 +286,25 @@ def test_memory_keeps_the_names_it_had():
         assert getattr(memory, n) is getattr(size, n), n
     for n in ('save_packed', 'load_packed', 'checkpoint_sizes', 'packed_tensors', 'CheckpointError'):
         assert getattr(memory, n) is getattr(checkpoint, n), n
+
+# --- per-group weights (issue 14): counted and round-tripped with their grouped scales ---
+@settings(max_examples=12, deadline=None)
+@given(st.integers(2, 8), st.sampled_from([1, 4, 8, 16, 32]), st.booleans())
+def test_grouped_weights_size_and_round_trip(bits, group_size, symmetric):
+    from tq_nb.quantize import QuantLinear, quantize_
+    def make(seed):
+        m = build_model('tiny', n_classes=3, seed=seed); quantize_(m, 'ffn', bits=bits, symmetric=symmetric, group_size=group_size)
+        return m.eval()
+    m = make(0)
+    grouped = {n: l for n, l in m.named_modules() if isinstance(l, QuantLinear)}
+    assert len(grouped) == 4 and all(l.group_size == group_size for l in grouped.values())
+    # a float32 scale and a float32 zero point per group, nothing else beside the codes
+    assert model_size(m).loc['total', 'overhead_bytes'] == sum(l.out_features * (l.in_features // group_size) * 8 for l in grouped.values())
+    with tempfile.TemporaryDirectory() as d:
+        p = save_packed(m, Path(d)/'g.safetensors')
+        assert checkpoint_sizes(p)['data'] == model_size(m).loc['total', 'bytes']
+        fresh = load_packed(make(1), p)
+    assert torch.equal(_out(fresh), _out(m))
+    for n, a in grouped.items():
+        qa, qb = a.qweight(), fresh.get_submodule(n).qweight()
+        assert type(qa) is type(qb) and all(torch.equal(x, y) for x, y in [(qa.codes, qb.codes), (qa.scale, qb.scale), (qa.zero_point, qb.zero_point)])

@@ -16,6 +16,7 @@ from safetensors.torch import load as st_load, save as st_save
 
 from .checks import check_choice, check_module
 from .data import atomic_write_bytes
+from .quantize import make_qweight
 from .size import pack_bits, unpack_bits
 from .transformer import IntegerLinear, QWeight, QuantizedLinear, quantized_layers
 
@@ -154,7 +155,7 @@ class PinnedLinear(QuantizedLinear):
 
     def qweight(self) -> QWeight:
         "The stored codes, bits, scale and zero point (not recomputed from the latent weight)."
-        return QWeight(self.pinned_codes, self.pinned_bits, self.pinned_scale, self.pinned_zero_point)
+        return make_qweight(self.pinned_codes, self.pinned_bits, self.pinned_scale, self.pinned_zero_point)
 
     def extra_repr(self): return f"{super().extra_repr()}, pinned to stored {self.pinned_bits}-bit codes"
 
@@ -248,7 +249,7 @@ def load_packed(model: nn.Module, path) -> nn.Module:
         if name in saved:
             try: codes = unpack_bits(tensors[f'{name}.weight.codes'], saved[name]['bits'], tuple(saved[name]['shape']))
             except ValueError as e: raise CheckpointError(f"layer {name!r} in {path}: {e}") from None
-            qws[name] = QWeight(codes, saved[name]['bits'], tensors[f'{name}.weight.scale'], tensors[f'{name}.weight.zero_point'])
+            qws[name] = make_qweight(codes, saved[name]['bits'], tensors[f'{name}.weight.scale'], tensors[f'{name}.weight.zero_point'])
             state[k] = qws[name].dequantize().to(t.dtype)
         else: state[k] = tensors[k]
     modes = {n: saved[n].get('restore', 'latent') for n in saved}
