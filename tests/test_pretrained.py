@@ -165,3 +165,18 @@ def test_run_qat_reports_recovery(tmp_path):
     assert list(P.load_pretrained(tmp_path/'res').index) == ['w2']
     assert P.recovered(dict(cosine_test=0., probe_fp32_acc=.2, probe_retrained_acc=.5), dict(cosine_test=.5, probe_fp32_acc=.2, probe_retrained_acc=.6),
                        dict(cosine_test=1., probe_fp32_acc=.6, probe_retrained_acc=.6)) == dict(cosine_test=.5, probe_fp32_acc=0., probe_retrained_acc=pytest.approx(1.))
+
+
+def test_per_group_variants():
+    assert [n for n in P.PTQ_VARIANTS if '_g' in n] == ['w4_g128', 'w4_g64', 'w3_g128', 'w3_g64']
+    with pytest.raises(ValueError, match='group_size must divide in_features=32'): P.ptq_variant('w4_g64', tiny_bert())
+    t = P.require_transformers()
+    torch.manual_seed(0)
+    wide = t.BertModel(t.BertConfig(hidden_size=128, num_hidden_layers=1, num_attention_heads=2, intermediate_size=256, vocab_size=100)).eval()
+    m = P.ptq_variant('w4_g64', copy.deepcopy(wide))
+    lins = P.select_linears(m)
+    assert {type(l) for l in lins.values()} == {QuantLinear} and {l.group_size for l in lins.values()} == {64}
+    assert m.encoder.layer[0].output.dense.qweight().scale.shape == (128, 4)
+    ref = P.embed(wide, TOK, TEXTS)
+    cos = {n: P.cosine_to_reference(P.embed(P.ptq_variant(n, copy.deepcopy(wide)), TOK, TEXTS), ref) for n in ('w3', 'w3_g64')}
+    assert cos['w3_g64'] >= cos['w3'] - 1e-4, cos

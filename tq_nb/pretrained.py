@@ -101,6 +101,9 @@ PTQ_VARIANTS = {
     'fp32': dict(family='fp32', w_bits=32, a_bits=32, about='full precision'),
     **{f'w{b}': dict(family='weight-only', w_bits=b, a_bits=32, about=f'weights {b}-bit, symmetric, per output channel')
        for b in (8, 4, 3, 2)},
+    **{f'w{b}_g{g}': dict(family='weight-only', w_bits=b, a_bits=32, group_size=g,
+                          about=f'weights {b}-bit, symmetric, one scale per group of {g} consecutive inputs of a row')
+       for b in (4, 3) for g in (128, 64)},
     'w8a8': dict(family='w8a8', w_bits=8, a_bits=8, about='weights 8-bit per channel, Linear inputs 8-bit with calibrated ranges'),
     **{n: dict(family='binarized', w_bits=1, a_bits=32, method=m, about=f"weights binarized ({m}), inputs float")
        for n, m in zip(('bin', 'bin_scaled', 'irnet', 'irnet_scaled'), METHODS)},
@@ -118,7 +121,7 @@ def ptq_variant(name: str, model: nn.Module | None = None, calib=None) -> nn.Mod
     if v['family'] == 'w8a8' and not calib: raise ValueError("calib must be a non-empty list of batches for 'w8a8' (see calibration_batches)")
     m = load_minilm() if model is None else model
     with torch.no_grad():
-        if v['family'] == 'weight-only': quantize_(m, 'all', bits=v['w_bits'], per_channel=True)
+        if v['family'] == 'weight-only': quantize_(m, 'all', bits=v['w_bits'], per_channel=True, group_size=v.get('group_size'))
         elif v['family'] == 'w8a8':
             fully_quantize_(m, 'all', w_bits=8, a_bits=8, per_channel=True)
             calibrate_(m, calib)
@@ -246,7 +249,7 @@ def _write_json(path: Path, r: dict) -> dict:
 
 # %% ../nbs/14_pretrained.ipynb #4935cb2e
 PRETRAINED_COLUMNS = ['family', 'w_bits', 'a_bits', 'cosine_test', 'probe_fp32_acc', 'probe_agreement', 'probe_retrained_acc', 'model_MB',
-                      'model_MB_without_embeddings', 'latency_ms', 'n_train', 'n_test', 'wall_time']
+                      'model_MB_without_embeddings', 'latency_ms', 'n_train', 'n_test', 'wall_time', 'group_size']
 
 def load_pretrained(res_dir=None) -> pd.DataFrame:
     "The PTQ results in `res_dir` (default res/pretrained; the other studies' files are not read) as a table, one row per configuration in `PTQ_VARIANTS` order."
@@ -255,7 +258,7 @@ def load_pretrained(res_dir=None) -> pd.DataFrame:
     df = pd.DataFrame([dict(name=r['name'], **{k: r[k] for k in PRETRAINED_COLUMNS[:7]}, model_MB=r['model_bytes'] / 1e6,
                             model_MB_without_embeddings=r['model_bytes_without_embeddings'] / 1e6,
                             latency_ms=1e3 * r['latency']['median'], n_train=r['sizes']['n_train'], n_test=r['sizes']['n_test'],
-                            wall_time=r['wall_time']) for r in rows], columns=['name', *PRETRAINED_COLUMNS])
+                            wall_time=r['wall_time'], group_size=r.get('group_size')) for r in rows], columns=['name', *PRETRAINED_COLUMNS])
     return df.set_index('name').reindex([n for n in PTQ_VARIANTS if n in set(df.name)])
 
 # %% ../nbs/14_pretrained.ipynb #80c18513
