@@ -295,3 +295,14 @@ def test_run_identifies_a_run_and_rejects_bad_arguments(tmp_path):
     p.parent.mkdir(parents=True)
     p.write_text('')
     with pytest.raises(ValueError, match='seed0.json is not a result JSON'): load_results(tmp_path)
+
+
+def test_kd_run_distills_from_the_fp_run_of_its_seed(done):
+    "A `_kd` run uses the fp run of its seed and budget as teacher (here the module's finished one), records it, and trains differently."
+    tmp, fp = done
+    kd_e, plain_e = (replace(get_experiment(n), dataset='synthetic') for n in ('w2_kd', 'w2'))
+    kd, plain = (run_experiment(e, 0, **kw(tmp)) for e in (kd_e, plain_e))
+    assert kd['config']['learner']['distill'] == dict(T=2.0, alpha=0.5, teacher='fp')
+    assert 'distill' not in plain['config']['learner'] and 'distill' not in fp['config']['learner']
+    assert [h['train_loss'] for h in kd['history']] != [h['train_loss'] for h in plain['history']]
+    assert (tmp/'ckpt').exists() and fp['seed'] == kd['seed'] == 0

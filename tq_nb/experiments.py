@@ -19,18 +19,20 @@ import tq_nb
 from .binarize import EDE_METHODS, METHODS as BINARIZE_METHODS, PATTERNS
 from .checks import check_bool, check_choice, check_float, check_int, check_module
 from .data import DATASETS, atomic_write_bytes, data_dir, get_dls, project_root
-from .learner import Learner, default_milestones, get_device, init_from_checkpoint_, select_best, to_device
+from .learner import (OPTS, SCHEDS, WARMUP, DistillCB, Learner, default_milestones, get_device, init_from_checkpoint_, select_best,
+                             to_device)
 from .transformer import PRESETS, build_model
 
 # %% auto #0
-__all__ = ['METHODS', 'BINARIZERS', 'EDE_BINARIZERS', 'EXPERIMENTS', 'ORIGINAL_ROWS', 'EXP1', 'BIN_SCALED_PARTS', 'EXP2', 'EXP3',
-           'SUITES', 'PATTERN_CHOICES', 'Experiment', 'check_name', 'check_frame', 'check_path', 'check_experiment',
-           'experiment_parts', 'get_experiment', 'experiments_table', 'Suite', 'get_suite', 'suite_experiments',
-           'run_tag', 'checkout_dir', 'default_res_dir', 'result_path', 'ckpt_path', 'Run', 'suite_runs', 'load_data',
-           'apply_method_', 'calibration_batches', 'calibrate_model_', 'variant_model', 'build_variant', 'run_config',
-           'train_command', 'environment', 'read_result', 'write_json', 'RunInProgress', 'lock_run', 'prepare_ckpt_dir',
-           'run_experiment', 'fp_checkpoint', 'run_suite', 'load_results', 'summary_table', 'format_summary',
-           'experiment_from_flags', 'tq_train', 'list_text', 'tq_experiments']
+__all__ = ['METHODS', 'BINARIZERS', 'EDE_BINARIZERS', 'KD_ROWS', 'EXPERIMENTS', 'ORIGINAL_ROWS', 'EXP1', 'BIN_SCALED_PARTS',
+           'EXP2', 'EXP3', 'SUITES', 'KD', 'PATTERN_CHOICES', 'Experiment', 'check_name', 'check_frame', 'check_path',
+           'check_experiment', 'experiment_parts', 'get_experiment', 'experiments_table', 'Suite', 'get_suite',
+           'suite_experiments', 'run_tag', 'checkout_dir', 'default_res_dir', 'result_path', 'ckpt_path', 'Run',
+           'suite_runs', 'load_data', 'apply_method_', 'calibration_batches', 'calibrate_model_', 'variant_model',
+           'build_variant', 'run_config', 'train_command', 'environment', 'read_result', 'write_json', 'RunInProgress',
+           'lock_run', 'prepare_ckpt_dir', 'teacher_model', 'run_experiment', 'fp_checkpoint', 'run_suite',
+           'load_results', 'summary_table', 'format_summary', 'experiment_from_flags', 'tq_train', 'list_text',
+           'tq_experiments']
 
 # %% ../nbs/07_experiments.ipynb #285944a1
 METHODS = ('fp', 'quantize', 'fully', 'binarize')
@@ -52,6 +54,9 @@ class Experiment:
     grid: str = 'max'
     per_channel: bool = False
     attn: str = ''
+    kd: bool = False
+    opt: str = 'adam'
+    sched: str = 'multistep'
     dataset: str = 'wordnet'
     preset: str | None = None
     epochs: int | None = None
@@ -100,6 +105,9 @@ def _check_recipe(e):
     if not (isinstance(e.attn, str) and set(e.attn) <= set('qkpv')): raise ValueError(f"attn must be a string of the letters q, k, p, v, got {e.attn!r}")
     if e.attn and e.method != 'fully': raise ValueError("attn (attention-product inputs) is only for method 'fully'")
     check_choice('binarizer', e.binarizer, BINARIZERS)
+    check_bool('kd', e.kd)
+    if e.kd and e.method == 'fp': raise ValueError("kd distills the full-precision model into a quantized one: it needs a method other than 'fp'")
+    check_choice('opt', e.opt, OPTS); check_choice('sched', e.sched, SCHEDS)
     if e.binarizer != 'basic' and e.method != 'binarize': raise ValueError(f"binarizer {e.binarizer!r} needs method 'binarize'")
     if not (e.pattern is None or (isinstance(e.pattern, str) and e.pattern)):
         raise ValueError(f"pattern must be None, a name of PATTERNS or a part selector, got {e.pattern!r}")
@@ -133,6 +141,8 @@ def experiment_parts(e: Experiment) -> str:
     return PATTERNS.get(pattern, pattern)
 
 # %% ../nbs/07_experiments.ipynb #b34a7acd
+KD_ROWS = ('w2', 'w4a4', 'bin_scaled', 'irnet')  # the headline quantized methods that also get a `_kd` row
+
 def _registry() -> dict:
     E = Experiment
     exps = [E('fp', about='full precision baseline', original=91.8)]
@@ -170,6 +180,12 @@ def _registry() -> dict:
              for b in ('w8a8', 'bin', 'irnet') for t, kw, a in tricks]
     exps += [replace(base[b], name=f'{b}_latent{k}', original=None, latent_epochs=k, about=f'{base[b].about}; latent: {k} epochs in full precision first')
              for b in ('w8a8', 'bin') for k in (2, 3)]
+    # distillation from the full-precision run of the same seed and budget (BinaryBERT's and BiT's main lever)
+    exps += [replace(base[b], name=f'{b}_kd', kd=True, original=None, about=f'{base[b].about}; logit KD from fp (T 2, alpha 0.5)')
+             for b in KD_ROWS]
+    # schedules built for short runs, against the study's Adam with step decay
+    exps += [E(f'fp_{s}', opt='adamw', sched=s, about=f'full precision baseline, AdamW, {a}')
+             for s, a in (('cosine', 'warm-up then cosine decay'), ('onecycle', 'one-cycle'))]
     return {e.name: e for e in exps}
 
 EXPERIMENTS = _registry()
@@ -201,7 +217,8 @@ class Suite:
 ORIGINAL_ROWS = ('fp', 'w8', 'w4', 'w2', 'w8a8', 'bin', 'irnet', 'bin_mha', 'bin_ffn', 'bin_cls', 'bin_all_final',
                  'bin_all_qk', 'bin_all_qv', 'bin_all_kv', 'w8a8_pre', 'w8a8_latent', 'bin_pre', 'bin_latent')
 EXP1 = ('fp', 'w8', 'w4', 'w2', 'w8a8', 'w4a8', 'w4a4', 'w8a8_lsq', 'w4a8_lsq', 'w4a4_lsq', 'bin', 'bin_scaled', 'irnet',
-        'irnet_scaled', 'irnet_scaled_step', 'w4_pc', 'w2_pc', 'w2_twn', 'w2_twn_pc', 'w8a8_attn')
+        'irnet_scaled', 'irnet_scaled_step', 'w4_pc', 'w2_pc', 'w2_twn', 'w2_twn_pc', 'w8a8_attn',
+        *(f'{b}_kd' for b in KD_ROWS))
 BIN_SCALED_PARTS = tuple(n for n, e in EXPERIMENTS.items() if e.binarizer == 'scaled' and e.pattern is not None)
 EXP2 = ('fp', 'bin', 'bin_mha', 'bin_ffn', 'bin_cls', 'bin_all_final', 'bin_all_qk', 'bin_all_qv', 'bin_all_kv',
         'bin_qk', 'bin_qv', 'bin_kv', 'bin_scaled', *BIN_SCALED_PARTS,
@@ -221,8 +238,12 @@ SUITES = {s.name: s for s in [
           about='EXP2 sensitivity on Fashion-MNIST'),
     # the study on models that have learned (run with --preset base): all the data, the epochs where doubling gains < 1 point
     Suite('study', (*ORIGINAL_ROWS[:7], 'bin_scaled', *ORIGINAL_ROWS[7:], 'irnet_scaled', 'irnet_scaled_step', *BIN_SCALED_PARTS,
-                    'w4_pc', 'w2_pc', 'w2_twn', 'w2_twn_pc', 'w8a8_attn'),
-          about="the original's rows, then the binarizers that train (scaled, IR-Net with its scale) and EXP2's patterns with scaled sign, then low-bit weight grids that keep information, on all glosses; --preset base trains 6 epochs (the budget study's plateau)"),
+                    'w4_pc', 'w2_pc', 'w2_twn', 'w2_twn_pc', 'w8a8_attn', 'w4a4', *(f'{b}_kd' for b in KD_ROWS)),
+          about="the original's rows, then the binarizers that train (scaled, IR-Net with its scale) and EXP2's patterns with scaled sign, then low-bit weight grids that keep information, then distillation from fp, on all glosses; --preset base trains 6 epochs (the budget study's plateau)"),
+    Suite('kd', ('fp', *(x for b in KD_ROWS for x in (b, f'{b}_kd'))),
+          about='distillation: each headline quantized method with and without logit KD from the fp run of its seed (--preset base)'),
+    Suite('schedule', ('fp', 'fp_cosine', 'fp_onecycle'),
+          about="the budget study's schedules: Adam with step decay against AdamW with warm-up and cosine, and one-cycle (--preset base)"),
     Suite('headline', ('fp', 'w8', 'w8a8', 'bin', 'bin_scaled', 'irnet_scaled'),
           about='make main: the headline rows of the study for one seed, about 20 minutes as two one-thread runs with --preset base'),
     Suite('vision_study', ('fp', 'w8', 'w4', 'w2', 'w8a8', 'bin', 'bin_scaled', 'irnet'), dataset='fashion_mnist', epochs=12,
@@ -393,12 +414,23 @@ def run_config(e: Experiment, preset: str, epochs: int, train_limit=None) -> dic
     "Everything that determines a run's numbers, apart from the seed (compared before a result is reused)."
     check_experiment(e); check_int('epochs', epochs, 1); _maybe(check_int, 'train_limit', train_limit, 1)
     exp = {k: v for k, v in asdict(e).items() if k not in ('seeds', 'original', 'about', 'preset', 'epochs')}
-    for k, default in (('ir_net_per', 'epoch'), ('grid', 'max'), ('per_channel', False), ('attn', '')):  # options added after results were committed:
+    for k, default in (('ir_net_per', 'epoch'), ('grid', 'max'), ('per_channel', False), ('attn', ''),  # options added after results
+                       ('kd', False), ('opt', 'adam'), ('sched', 'multistep')):                        # were committed:
         if exp[k] == default: del exp[k]                                                    # left out at their default, so those still match
     p = PRESETS[check_name('preset', preset, PRESETS)]
     return dict(experiment=exp, preset=preset, preset_settings=p, epochs=epochs, train_limit=train_limit,
-                learner=dict(optimizer='Adam', lr=p['lr'], batch_size=p['batch_size'], milestones=default_milestones(epochs),
-                             gamma=0.1, clip=1.0))
+                learner=_learner_config(e, p, epochs))
+
+KD = dict(T=2.0, alpha=0.5)  # the distillation of a `kd` run: temperature and the weight of the teacher's term
+
+def _learner_config(e: Experiment, p: dict, epochs: int) -> dict:
+    "How the Learner trains `e`: the study's Adam with step decay unless the experiment says otherwise (keys only then)."
+    lc = dict(optimizer={'adam': 'Adam', 'adamw': 'AdamW'}[e.opt], lr=p['lr'], batch_size=p['batch_size'],
+              milestones=default_milestones(epochs) if e.sched == 'multistep' else [], gamma=0.1, clip=1.0)
+    if e.opt == 'adamw': lc['weight_decay'] = 0.01  # AdamW's decoupled decay; the study's Adam has none
+    if e.sched != 'multistep': lc['schedule'] = dict(name=e.sched, warmup=WARMUP[e.sched])
+    if e.kd: lc['distill'] = dict(KD, teacher='fp')
+    return lc
 
 @patch(as_prop=True)
 def config(self: Run) -> dict:
@@ -514,15 +546,22 @@ def prepare_ckpt_dir(ckpt: Path, config: dict, fresh: bool = False) -> Path:
     return ckpt
 
 # %% ../nbs/07_experiments.ipynb #677176a3
-def _train(run: Run, device, progress: bool, dls, init) -> tuple:
-    "Train `run` (checkpoints and log in `run.ckpt_path`): the Learner, its summary, and whether it resumed."
+def teacher_model(run: Run, ckpt, dls) -> torch.nn.Module:
+    "The full-precision model of `run`'s dataset, budget and seed, loaded from its best checkpoint `ckpt` (the teacher of a `kd` run)."
+    fp = replace(get_experiment('fp'), dataset=run.experiment.dataset)
+    return build_variant(fp, dls, run.preset, run.seed, ckpt)
+
+def _train(run: Run, device, progress: bool, dls, init, teacher=None) -> tuple:
+    "Train `run` (checkpoints and log in `run.ckpt_path`), distilling from the model `teacher` if given: the Learner, its summary, whether it resumed."
     e, ckpt = run.experiment, run.ckpt_path
     model = build_variant(e, dls, run.preset, run.seed, init)
     cal = (lambda m: calibrate_model_(m, dls)) if e.method == 'fully' and e.latent_epochs else None
     lc = run.config['learner']
-    learn = Learner(model, dls, epochs=run.n_epochs, lr=lc['lr'], milestones=lc['milestones'], gamma=lc['gamma'], clip=lc['clip'],
+    cbs = [DistillCB(teacher, T=lc['distill']['T'], alpha=lc['distill']['alpha'])] if teacher is not None else []
+    learn = Learner(model, dls, epochs=run.n_epochs, lr=lc['lr'], milestones=lc['milestones'] or None, gamma=lc['gamma'], clip=lc['clip'],
                     seed=run.seed, latent_epochs=e.latent_epochs, ir_net_per=e.ir_net_per, on_quant_start=cal, log_path=ckpt/'log.csv',
-                    ckpt_dir=ckpt, device=device, progress=progress)
+                    ckpt_dir=ckpt, device=device, progress=progress, cbs=cbs, opt=e.opt, sched=e.sched,
+                    weight_decay=lc.get('weight_decay', 0.0))
     resumed = (ckpt/'last.pt').exists()
     return learn, learn.fit(), resumed
 
@@ -553,7 +592,8 @@ def execute(self: Run, device='cpu', progress: bool = True, redo: bool = False, 
         t0 = time.time()
         dls = dls or load_data(e.dataset, self.preset, self.train_limit)
         init = fp_checkpoint(self, dev, progress, dls) if e.pretrained else None
-        learn, summary, resumed = _train(self, dev, progress, dls, init)
+        teacher = teacher_model(self, fp_checkpoint(self, dev, progress, dls), dls) if e.kd else None
+        learn, summary, resumed = _train(self, dev, progress, dls, init, teacher)
         result = _result(self, learn, summary, resumed, command, dev, t0)
         atomic_write_bytes(path.with_suffix('.csv'), (ckpt/'log.csv').read_bytes())
         write_json(path, result)
@@ -720,7 +760,8 @@ def experiment_from_flags(quant_type=None, quant_method=None, bit_num=None, a_bi
     return e
 
 def _same_recipe(a: Experiment, b: Experiment) -> bool:
-    keys = ('method', 'bits', 'a_bits', 'binarizer', 'lsq', 'pretrained', 'latent_epochs', 'ir_net_per', 'grid', 'per_channel', 'attn')
+    keys = ('method', 'bits', 'a_bits', 'binarizer', 'lsq', 'pretrained', 'latent_epochs', 'ir_net_per', 'grid', 'per_channel', 'attn',
+            'kd', 'opt', 'sched')
     return all(getattr(a, k) == getattr(b, k) for k in keys) and experiment_parts(a) == experiment_parts(b)
 
 # %% ../nbs/07_experiments.ipynb #2e58d58a
