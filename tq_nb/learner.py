@@ -19,14 +19,14 @@ from torch import nn
 
 from .checks import check_choice, check_float, check_int, check_module
 from .data import atomic_write_bytes
-from .transformer import set_quant_
+from .transformer import quant_active, set_quant_
 
 # %% auto #0
 __all__ = ['IR_NET_PER', 'EVENTS', 'OPTS', 'SCHEDS', 'WARMUP', 'available_devices', 'get_device', 'seed_everything_',
            'get_rng_state', 'set_rng_state_', 'to_device', 'evaluate', 'has_ir_net', 'ir_net_schedule_', 'load_state',
            'init_from_checkpoint_', 'Callback', 'run_cbs', 'default_milestones', 'make_opt', 'warmup_cosine',
-           'make_sched', 'quant_active', 'LatentQuantCB', 'IRNetScheduleCB', 'CSVLoggerCB', 'bars_visible',
-           'ProgressCB', 'Learner', 'select_best', 'save_atomic', 'CheckpointCB', 'kd_loss', 'DistillCB']
+           'make_sched', 'LatentQuantCB', 'IRNetScheduleCB', 'CSVLoggerCB', 'bars_visible', 'ProgressCB', 'Learner',
+           'select_best', 'save_atomic', 'CheckpointCB', 'kd_loss', 'DistillCB']
 
 # %% ../nbs/06_learner.ipynb #916a751e
 def available_devices() -> list:
@@ -177,10 +177,6 @@ def make_sched(sched: str, opt, epochs: int, steps_per_epoch: int, milestones=()
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opt.param_groups[0]['lr'], total_steps=steps, pct_start=w), 'step'
 
 # %% ../nbs/06_learner.ipynb #3b19b501
-def quant_active(model: nn.Module) -> bool:
-    "Whether any quantizer of `model` is switched on (False for a full-precision model)."
-    return any(getattr(m, 'quant_enabled', False) for m in model.modules())
-
 class LatentQuantCB(Callback):
     "Latent quantization: epochs before `latent_epochs` in full precision (quantizers off), then quantized; `on_quant_start(model)` at the switch."
     order = -20
