@@ -15,6 +15,7 @@ from torch import nn
 from .transformer import (EncoderClassifier, InputQuantizer, IntegerLinear, ModelConfig, QuantizedLinear, QWeight,
                                replace_linears_, select_linears)
 from .binarize import BinaryLinear
+from .quantize import GroupedQWeight
 from .size import pack_bits, packed_nbytes, unpack_bits
 from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, check_tensors, config_hint, model_config,
                               read_checkpoint, tensor_layout, write_checkpoint)
@@ -22,9 +23,9 @@ from . import xnor
 from .xnor import XnorLinear
 
 # %% auto #0
-__all__ = ['ACTS', 'ACT_MODES', 'BINARY_MODES', 'int_mm_exact', 'int_mm', 'int8_weight', 'requantize_int8', 'quantize_per_token',
-           'quantize_static', 'binary_codes', 'IntLinear', 'NotConvertible', 'convert_', 'to_int', 'int_summary',
-           'save_int', 'load_int']
+__all__ = ['ACTS', 'ACT_MODES', 'BINARY_MODES', 'int_mm_exact', 'int_mm', 'weight_groups', 'int8_weight', 'requantize_int8',
+           'quantize_per_token', 'quantize_static', 'binary_codes', 'IntLinear', 'NotConvertible', 'convert_', 'to_int',
+           'int_summary', 'save_int', 'load_int']
 
 # %% ../nbs/08_deploy.ipynb #374b31df
 @torch.compiler.disable   # a probe, run eagerly even when called from compiled code
@@ -60,30 +61,40 @@ def int_mm(a: torch.Tensor, b: torch.Tensor, pad: bool | None = None, split: boo
     return _split_mm(a, b, split)[:M, :N]
 
 # %% ../nbs/08_deploy.ipynb #c40a539d
-def _per_channel(t, n: int, what: str) -> torch.Tensor:
-    "`t` (a scalar or one value per output channel) as a float32 vector of length `n`."
+def _per_channel(t, n: int, what: str, groups: int = 1) -> torch.Tensor:
+    "`t` (a scalar, one value per output channel, or with `groups` > 1 one per channel and group) as float32: shape (n,), or (n, groups)."
     t = torch.as_tensor(t).detach().float()
-    if t.numel() == 1: return t.reshape(1).expand(n).clone()
-    if t.numel() == n and t.shape[0] == n: return t.reshape(n).clone()
-    raise ValueError(f"{what} must be a scalar or one value per output channel ({n}), got shape {tuple(t.shape)}")
+    if t.numel() == 1: t = t.reshape(1, 1).expand(n, groups)
+    elif t.numel() == n and t.shape[0] == n: t = t.reshape(n, 1).expand(n, groups)
+    elif groups == 1 or tuple(t.shape) != (n, groups):
+        also = f", or one per output channel and group ({n}, {groups})" if groups > 1 else ''
+        raise ValueError(f"{what} must be a scalar or one value per output channel ({n}){also}, got shape {tuple(t.shape)}")
+    return t.reshape(n).clone() if groups == 1 else t.clone()
+
+def weight_groups(qw: QWeight) -> int:
+    "How many scales each output channel of `qw` has: its number of groups for a `GroupedQWeight` (chapter 02), else 1."
+    return qw.scale.shape[-1] if isinstance(qw, GroupedQWeight) else 1
 
 def int8_weight(qw: QWeight) -> tuple[torch.Tensor, torch.Tensor] | None:
-    "Signed int8 weight `W` and per-output-channel scale `s` with `W * s[:, None] == qw.dequantize()`, or None when there is none."
-    n = qw.codes.shape[0]
-    zero, scale = _per_channel(qw.zero_point, n, 'zero_point'), _per_channel(qw.scale, n, 'scale')
-    c = qw.codes.reshape(n, -1).double() - zero.double()[:, None]
+    """Signed int8 weight `W` and its scale `s` — one per output channel (shape (n,)), or for a `GroupedQWeight` one per
+    channel and group (n, groups) — with `W` times `s` (each group's over its columns) `== qw.dequantize()`; None when there is none."""
+    n, g = qw.codes.shape[0], weight_groups(qw)
+    zero, scale = _per_channel(qw.zero_point, n, 'zero_point', g), _per_channel(qw.scale, n, 'scale', g)
+    c = qw.codes.reshape(n, -1).double() - zero.double().reshape(n, g).repeat_interleave(qw.codes[0].numel() // g, 1)
     v = torch.stack([c, 2*c])
     ok = (((v - v.round()).abs() < 1e-4) & (v.round() >= -128) & (v.round() <= 127)).all(-1)
     if not (ok[0] | ok[1]).all(): return None
     mult = torch.where(ok[0], 1.0, 2.0)
-    return (c * mult.double()[:, None]).round().to(torch.int8), scale / mult
+    return (c * mult.double()[:, None]).round().to(torch.int8), scale / (mult if g == 1 else mult[:, None])
 
 def requantize_int8(qw: QWeight) -> QWeight:
-    "`qw` rounded again to a symmetric per-output-channel 8-bit grid (codes − 128 in −127..127)."
-    w = qw.dequantize().reshape(qw.codes.shape[0], -1)
-    scale = w.abs().amax(1).clamp_min(1e-30) / 127
-    codes = (w / scale[:, None]).round().clamp(-127, 127) + 128
-    return QWeight(codes.to(torch.uint8), 8, scale[:, None], torch.tensor(128.))
+    "`qw` rounded again to a symmetric 8-bit grid (codes − 128 in −127..127), per output channel or, grouped, per group."
+    n, g = qw.codes.shape[0], weight_groups(qw)
+    w = qw.dequantize().reshape(n, g, -1)
+    scale = w.abs().amax(-1).clamp_min(1e-30) / 127
+    codes = ((w / scale[..., None]).round().clamp(-127, 127) + 128).reshape(n, -1).to(torch.uint8)
+    if g == 1: return QWeight(codes, 8, scale, torch.tensor(128.))
+    return GroupedQWeight(codes, 8, scale, torch.full((n, g), 128.))
 
 # %% ../nbs/08_deploy.ipynb #2651bfaa
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -108,39 +119,46 @@ def binary_codes(x: torch.Tensor, post_relu: bool = False) -> torch.Tensor:
 ACTS = ('dynamic', 'static', 'sign', 'step')
 
 class IntLinear(IntegerLinear):
-    "A Linear that stores integer weights (packed at `bits`) and computes int8 × int8 → int32 with `torch._int_mm`."
+    """A Linear that stores integer weights (packed at `bits`) and computes int8 × int8 → int32 with `torch._int_mm`;
+    with `group_size`, one weight scale per group of that many inputs, and dynamic inputs quantized per token and group."""
     def __init__(self, in_features: int, out_features: int, bits: int = 8, bias: bool = True, act: str = 'dynamic',
-                 act_bits: int = 8, act_qmin: int = 0, requantized: bool = False):
+                 act_bits: int = 8, act_qmin: int = 0, requantized: bool = False, group_size: int | None = None):
         super().__init__()
         if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
             raise ValueError(f"bits must be an int in 1..8 (the integer path computes in int8), got {bits!r}")
         if act not in ACTS: raise ValueError(f"act must be one of {ACTS}, got {act!r}")
         if isinstance(act_bits, bool) or not isinstance(act_bits, int) or not 2 <= act_bits <= 8:
             raise ValueError(f"act_bits must be an int in 2..8, got {act_bits!r}")
+        if group_size is not None:
+            if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 8 or in_features % group_size or group_size % 8:
+                raise ValueError(f"group_size must be None or a multiple of 8 that divides in_features={in_features}, got {group_size!r}")
+            if act != 'dynamic': raise ValueError(f"group_size needs act='dynamic' (inputs quantized per token and group), got act={act!r}")
         self.in_features, self.out_features, self.bits, self.requantized = in_features, out_features, bits, requantized
-        self.act, self.act_bits, self.act_qmin = act, act_bits, act_qmin
+        self.act, self.act_bits, self.act_qmin, self.group_size = act, act_bits, act_qmin, group_size
+        shape = (out_features,) if group_size is None else (out_features, in_features // group_size)
         self.register_buffer('packed', torch.zeros(packed_nbytes(in_features * out_features, bits), dtype=torch.uint8))
-        self.register_buffer('w_scale', torch.ones(out_features))
-        self.register_buffer('w_zero', torch.zeros(out_features))
+        self.register_buffer('w_scale', torch.ones(shape))
+        self.register_buffer('w_zero', torch.zeros(shape))
         self.register_buffer('bias', torch.zeros(out_features) if bias else None)
         if act == 'static':
             self.register_buffer('act_scale', torch.ones(()))
             self.register_buffer('act_zero', torch.zeros(()))
-        for k in ('w_int8', 'gemm_scale', 'gemm_bias', 'zero_fold'): self.register_buffer(k, None, persistent=False)
+        for k in ('w_int8', 'w_blocks', 'gemm_scale', 'gemm_bias', 'zero_fold'): self.register_buffer(k, None, persistent=False)
 
     @classmethod
     def from_qweight(cls, qw: QWeight, bias: torch.Tensor | None = None, act: str = 'dynamic',
                      act_range: tuple | None = None, lazy: bool = False) -> IntLinear:
-        "An `IntLinear` for `qw`; for `act='static'`, `act_range` is `(scale, zero_point, bits, qmin)` of the trained input quantizer."
+        "An `IntLinear` for `qw` (a `GroupedQWeight` gives a grouped layer); for `act='static'`, `act_range` is `(scale, zero_point, bits, qmin)` of the trained input quantizer."
         if (act == 'static') != (act_range is not None):
             raise ValueError(f"act_range must be given exactly when act='static', got act={act!r}, act_range={act_range!r}")
         exact = int8_weight(qw) is not None
         if not exact: qw = requantize_int8(qw)
-        n, k = qw.codes.shape
+        (n, k), g = qw.codes.shape, weight_groups(qw)
         a_bits, a_qmin = (int(act_range[2]), int(act_range[3])) if act_range else (8, 0)
-        lin = cls(k, n, qw.bits, bias is not None, act, a_bits, a_qmin, requantized=not exact).to(qw.codes.device)
+        lin = cls(k, n, qw.bits, bias is not None, act, a_bits, a_qmin, requantized=not exact,
+                  group_size=None if g == 1 else k // g).to(qw.codes.device)
         lin.packed.copy_(pack_bits(qw.codes, qw.bits))
-        lin.w_scale.copy_(_per_channel(qw.scale, n, 'scale')); lin.w_zero.copy_(_per_channel(qw.zero_point, n, 'zero_point'))
+        lin.w_scale.copy_(_per_channel(qw.scale, n, 'scale', g)); lin.w_zero.copy_(_per_channel(qw.zero_point, n, 'zero_point', g))
         if bias is not None: lin.bias.copy_(bias.detach())
         if act_range:
             lin.act_scale.copy_(torch.as_tensor(act_range[0]).detach().reshape(()))
@@ -148,18 +166,23 @@ class IntLinear(IntegerLinear):
         return lin if lazy else lin.unpack_()
 
     def qweight(self) -> QWeight:
-        "The stored integer weight (unpacked codes, bits, scale, zero point)."
+        "The stored integer weight (unpacked codes, bits, scale, zero point; a `GroupedQWeight` when grouped)."
         codes = unpack_bits(self.packed, self.bits, (self.out_features, self.in_features))
+        if self.group_size is not None: return GroupedQWeight(codes, self.bits, self.w_scale, self.w_zero)
         return QWeight(codes, self.bits, self.w_scale[:, None], self.w_zero[:, None])
 
     def unpack_(self) -> IntLinear:
         "Unpack the codes into the int8 GEMM weight and fold scales, zero points and bias; returns self."
         W, s = int8_weight(self.qweight())
-        b = self.bias if self.bias is not None else torch.zeros_like(s)
+        b = self.bias if self.bias is not None else torch.zeros(self.out_features, device=W.device)
         if self.act == 'static':
             s = s * self.act_scale
             b = b + s * (2**(self.act_bits - 1) - self.act_zero) * W.sum(1, dtype=torch.int32)
-        if self.act == 'dynamic': self.zero_fold = -s * W.sum(1, dtype=torch.int32)   # times s_x·z per token
+        if self.group_size is not None:   # one int8 block (group_size × out) per group, and each group's column sums
+            n, g = s.shape
+            self.w_blocks = W.view(n, g, self.group_size).permute(1, 2, 0).contiguous()
+            self.zero_fold = -s * W.view(n, g, self.group_size).sum(-1, dtype=torch.int32)
+        elif self.act == 'dynamic': self.zero_fold = -s * W.sum(1, dtype=torch.int32)   # times s_x·z per token
         self.w_int8, self.gemm_scale, self.gemm_bias = W, s, b
         self.split = not int_mm_exact(str(W.device))   # decided once, so forward never probes
         return self
@@ -170,10 +193,20 @@ class IntLinear(IntegerLinear):
         if self.w_int8 is not None: self.split = not int_mm_exact(str(self.w_int8.device))
         return self
 
+    def _grouped(self, x2):
+        "Dynamic inputs per token and group: one int8 product per group, each scaled by its token's and its weight's scales."
+        q, s, z = quantize_per_token(x2.view(len(x2), -1, self.group_size))
+        y = self.gemm_bias.expand(len(x2), -1).clone()
+        for i in range(self.w_blocks.shape[0]):
+            acc = int_mm(q[:, i].contiguous(), self.w_blocks[i], split=self.split)
+            y.addcmul_(torch.mul(acc, s[:, i]), self.gemm_scale[:, i]).addcmul_(s[:, i] * z[:, i], self.zero_fold[:, i])
+        return y
+
     def forward(self, x):
         if self.w_int8 is None: self.unpack_()
         x2 = x.reshape(-1, self.in_features)
-        if self.act == 'dynamic':
+        if self.group_size is not None: y = self._grouped(x2)
+        elif self.act == 'dynamic':
             q, s, z = quantize_per_token(x2)
             y = torch.addcmul(self.gemm_bias, torch.mul(int_mm(q, self.w_int8.t(), split=self.split), s), self.gemm_scale)
             y.addcmul_(s * z, self.zero_fold)
@@ -186,6 +219,7 @@ class IntLinear(IntegerLinear):
     def extra_repr(self):
         act = {'dynamic': 'int8 per token (dynamic)', 'static': f'{self.act_bits}-bit static range',
                'sign': '±1', 'step': '{0,1}'}[self.act]
+        if self.group_size is not None: act = f'int8 per token and group of {self.group_size} (dynamic)'
         return (f'in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, '
                 f'act={act}, bias={self.bias is not None}' + (', requantized to int8' if self.requantized else ''))
 
@@ -286,7 +320,8 @@ def _layer_spec(m: IntLinear | XnorLinear) -> dict:
     "The checkpoint record of integer layer `m`: its kind, bits and shape, and what `load_int` needs to rebuild it."
     common = dict(shape=[m.out_features, m.in_features], in_features=m.in_features, out_features=m.out_features, bias=m.bias is not None)
     if isinstance(m, XnorLinear): return dict(kind='xnor', bits=1, **common, post_relu=m.post_relu)
-    return dict(kind='int', bits=m.bits, **common, act=m.act, act_bits=m.act_bits, act_qmin=m.act_qmin, requantized=m.requantized)
+    spec = dict(kind='int', bits=m.bits, **common, act=m.act, act_bits=m.act_bits, act_qmin=m.act_qmin, requantized=m.requantized)
+    return spec if m.group_size is None else {**spec, 'group_size': m.group_size}   # files of per-channel layers stay as they were
 
 def _from_spec(spec: dict) -> IntLinear | XnorLinear:
     kw = {k: v for k, v in spec.items() if k not in ('kind', 'shape')}

@@ -33,10 +33,10 @@ def load_minilm() -> nn.Module:
     return require_transformers().AutoModel.from_pretrained(minilm_folder()).eval()
 
 # %% ../nbs/01b_hf_naming.ipynb #b98e64c1
-def tiny_bert(n_labels: int | None = None, seed: int = 0) -> nn.Module:
-    "A random 2-layer BERT of width 32 in eval mode: a `BertModel`, or a `BertForSequenceClassification` with `n_labels`."
+def tiny_bert(n_labels: int | None = None, seed: int = 0, width: int = 32) -> nn.Module:
+    "A random 2-layer BERT of `width` (FFN 2·`width`) in eval mode: a `BertModel`, or a `BertForSequenceClassification` with `n_labels`."
     t = require_transformers()
-    cfg = t.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100,
+    cfg = t.BertConfig(hidden_size=width, num_hidden_layers=2, num_attention_heads=2, intermediate_size=2 * width, vocab_size=100,
                        **({'num_labels': n_labels} if n_labels else {}))
     with torch.random.fork_rng():
         torch.manual_seed(seed)

@@ -103,7 +103,7 @@ PTQ_VARIANTS = {
        for b in (8, 4, 3, 2)},
     **{f'w{b}_g{g}': dict(family='weight-only', w_bits=b, a_bits=32, group_size=g,
                           about=f'weights {b}-bit, symmetric, one scale per group of {g} consecutive inputs of a row')
-       for b in (4, 3) for g in (128, 64)},
+       for b in (8, 4, 3) for g in (128, 64)},
     'w8a8': dict(family='w8a8', w_bits=8, a_bits=8, about='weights 8-bit per channel, Linear inputs 8-bit with calibrated ranges'),
     **{n: dict(family='binarized', w_bits=1, a_bits=32, method=m, about=f"weights binarized ({m}), inputs float")
        for n, m in zip(('bin', 'bin_scaled', 'irnet', 'irnet_scaled'), METHODS)},
@@ -265,6 +265,8 @@ def load_pretrained(res_dir=None) -> pd.DataFrame:
 INT_BACKENDS = {
     'fp32': 'full precision: float32 GEMMs',
     'tq_int8': "tq_nb: quantize_ 8-bit per channel, then convert_(act='dynamic'): int8 weights × int8 per-token inputs (torch._int_mm)",
+    **{f'tq_int8_g{g}': f"tq_nb: quantize_ 8-bit per group of {g} inputs, then convert_: int8 weights × int8 inputs per token and group, one torch._int_mm per group"
+       for g in (128, 64)},
     'tq_w8a8_static': "tq_nb: fully_quantize_ 8/8 + calibrate_, then convert_: int8 weights × int8 inputs on their calibrated ranges",
     'torch_dynamic_int8': 'PyTorch: torch.ao.quantization.quantize_dynamic on nn.Linear (qint8 weights per tensor, dynamic int8 inputs)',
     'torchao_int8': 'torchao: quantize_(model, Int8DynamicActivationInt8WeightConfig()) (int8 weights per channel, dynamic int8 inputs per token)',
@@ -276,6 +278,7 @@ def int_backend(name: str, model: nn.Module | None = None, calib=None) -> nn.Mod
     if name == 'tq_w8a8_static' and not calib: raise ValueError("calib must be a non-empty list of batches for 'tq_w8a8_static' (see calibration_batches)")
     m = (load_minilm() if model is None else model).eval()
     if name == 'tq_int8': return convert_(ptq_variant('w8', m), act='dynamic')
+    if name.startswith('tq_int8_g'): return convert_(ptq_variant(f"w8_{name.split('_')[-1]}", m), act='dynamic')
     if name == 'tq_w8a8_static': return convert_(ptq_variant('w8a8', m, calib), act='static')
     if name == 'torch_dynamic_int8':
         with warnings.catch_warnings():
