@@ -279,9 +279,9 @@ def fashion_mnist_transforms(mean: float, std: float, augment: bool = True) -> t
     return T.Compose(aug + norm), T.Compose(norm)
 
 def load_fashion_mnist(root=None, download: bool = False, transform=None, test_transform=None,
-                       valid: float = 1/12, seed: int = 0):
+                       valid: float = 1/12, seed: int = 0, augment: bool = True):
     """Fashion-MNIST as torchvision datasets `(train, valid, test)`; valid carved from the training images.
-    Default transforms: `fashion_mnist_transforms` with the training split's pixel mean and std."""
+    Default transforms: `fashion_mnist_transforms` with the training split's pixel mean and std (shifts and mirrors in training if `augment`)."""
     from torchvision import datasets
     root = prepare_fashion_mnist(root)
     if not all((root/'FashionMNIST'/'raw'/f).exists() for f in _FMNIST_FILES) and not download:
@@ -290,7 +290,7 @@ def load_fashion_mnist(root=None, download: bool = False, transform=None, test_t
     full = datasets.FashionMNIST(root, train=True, download=download)
     tr, va, _ = split_indices(len(full), valid=valid, test=0, seed=seed)
     pixels = full.data[torch.as_tensor(tr)].float() / 255
-    train_tfm, test_tfm = fashion_mnist_transforms(pixels.mean().item(), pixels.std().item())
+    train_tfm, test_tfm = fashion_mnist_transforms(pixels.mean().item(), pixels.std().item(), augment)
     transform, test_transform = transform or train_tfm, test_transform or test_tfm
     mk = lambda tfm, idx: torch.utils.data.Subset(datasets.FashionMNIST(root, train=True, transform=tfm), idx)
     return (mk(transform, tr), mk(test_transform, va),
@@ -320,13 +320,16 @@ def _limit(ds, limit):
 
 def get_dls(name: str = 'wordnet', batch_size: int = 64, max_len: int = 64, vocab_size: int = 8000,
             seed: int = 0, limit: int | None = None, tokenizer_file=None, path=None, num_workers: int = 0,
-            train_transform=None) -> DataBundle:
-    "Load dataset `name` and return a `DataBundle` of shuffled-train / ordered valid and test loaders."
+            train_transform=None, augment: bool = True) -> DataBundle:
+    "Load dataset `name` and return a `DataBundle` of shuffled-train / ordered valid and test loaders (`augment`: Fashion-MNIST's training shifts and mirrors)."
     if name not in DATASETS: raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
     if not (isinstance(batch_size, int) and batch_size > 0): raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(augment, bool): raise ValueError(f"augment must be True or False, got {augment!r}")
+    if not augment and name != 'fashion_mnist':
+        raise ValueError(f"augment=False applies to fashion_mnist only (its training shifts and mirrors); {name!r} has no augmentation")
     g = torch.Generator().manual_seed(seed)
     if name == 'fashion_mnist':
-        tr, va, te = (_limit(d, limit) for d in load_fashion_mnist(path, transform=train_transform))
+        tr, va, te = (_limit(d, limit) for d in load_fashion_mnist(path, transform=train_transform, augment=augment))
         mk = lambda ds, shuffle: DataLoader(ds, batch_size, shuffle=shuffle, generator=g if shuffle else None, num_workers=num_workers)
         return DataBundle(name, 'image', mk(tr, True), mk(va, False), mk(te, False), FASHION_MNIST_CLASSES)
     splits = {'wordnet': lambda: load_wordnet(path), 'ag_news': lambda: load_ag_news(path),

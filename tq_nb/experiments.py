@@ -213,6 +213,7 @@ class Suite:
     epochs: int | None = None
     train_limit: int | None = None
     about: str = ''
+    augment: bool = True   # False: Fashion-MNIST trains without its shifts and mirrors (budget folder `..._noaug`)
 
 ORIGINAL_ROWS = ('fp', 'w8', 'w4', 'w2', 'w8a8', 'bin', 'irnet', 'bin_mha', 'bin_ffn', 'bin_cls', 'bin_all_final',
                  'bin_all_qk', 'bin_all_qv', 'bin_all_kv', 'w8a8_pre', 'w8a8_latent', 'bin_pre', 'bin_latent')
@@ -247,7 +248,9 @@ SUITES = {s.name: s for s in [
     Suite('headline', ('fp', 'w8', 'w8a8', 'bin', 'bin_scaled', 'irnet_scaled'),
           about='make main: the headline rows of the study for one seed, about 20 minutes as two one-thread runs with --preset base'),
     Suite('vision_study', ('fp', 'w8', 'w4', 'w2', 'w8a8', 'bin', 'bin_scaled', 'irnet'), dataset='fashion_mnist', epochs=12,
-          about='EXP1 methods on all 60k Fashion-MNIST images, 12 epochs (the plateau with --preset base)'),
+          about='EXP1 methods on all 60k Fashion-MNIST images, 12 epochs, training images shifted and mirrored'),
+    Suite('vision_plain', ('fp', 'w8', 'w4', 'w2', 'w8a8', 'bin', 'bin_scaled', 'irnet'), dataset='fashion_mnist', epochs=12, augment=False,
+          about="vision_study's rows without the training shifts and mirrors (the budget study: the small ViT underfits with them), 12 epochs"),
     Suite('smoke', ('fp', 'w8', 'w4a4_lsq', 'bin', 'irnet', 'bin_pre', 'w8a8_latent'), dataset='synthetic', epochs=2,
           about='one of each kind of run, on the synthetic task; seconds with --preset tiny'),
 ]}
@@ -267,11 +270,12 @@ def suite_experiments(suite) -> list:
     return [replace(get_experiment(n), dataset=s.dataset) if s.dataset else get_experiment(n) for n in s.experiments]
 
 # %% ../nbs/07_experiments.ipynb #2f9fc15c
-def run_tag(preset: str, epochs: int | None = None, train_limit: int | None = None) -> str:
-    "Folder name for a budget: the preset, plus `_e<epochs>` / `_n<train_limit>` where they differ from the preset's."
-    check_name('preset', preset, PRESETS)
+def run_tag(preset: str, epochs: int | None = None, train_limit: int | None = None, augment: bool = True) -> str:
+    "Folder name for a budget: the preset, plus `_e<epochs>` / `_n<train_limit>` where they differ from the preset's, and `_noaug` without augmentation."
+    check_name('preset', preset, PRESETS); check_bool('augment', augment)
     _maybe(check_int, 'epochs', epochs, 1); _maybe(check_int, 'train_limit', train_limit, 1)
-    return preset + (f'_e{epochs}' if epochs not in (None, PRESETS[preset]['epochs']) else '') + (f'_n{train_limit}' if train_limit is not None else '')
+    return (preset + (f'_e{epochs}' if epochs not in (None, PRESETS[preset]['epochs']) else '')
+            + (f'_n{train_limit}' if train_limit is not None else '') + ('' if augment else '_noaug'))
 
 def checkout_dir(name: str) -> Path:
     "`<name>/` of the tq_nb checkout we run in, else `./<name>`."
@@ -307,6 +311,7 @@ class Run:
     train_limit: int | None = None # None: the whole training split
     res_dir: str | os.PathLike | None = None    # None: res/ of the checkout
     ckpt_root: str | os.PathLike | None = None  # None: data/ckpt
+    augment: bool = True           # False: Fashion-MNIST without its training shifts and mirrors
 
     def __post_init__(self):
         e = get_experiment(self.experiment) if isinstance(self.experiment, str) else check_experiment(self.experiment)
@@ -314,10 +319,13 @@ class Run:
         object.__setattr__(self, 'preset', check_name('preset', self.preset or e.preset or 'quick', PRESETS))
         check_int('seed', self.seed, 0)
         _maybe(check_int, 'epochs', self.epochs, 1); _maybe(check_int, 'train_limit', self.train_limit, 1)
-        check_path('res_dir', self.res_dir); check_path('ckpt_root', self.ckpt_root)
+        check_path('res_dir', self.res_dir); check_path('ckpt_root', self.ckpt_root); check_bool('augment', self.augment)
+        if not self.augment and e.dataset != 'fashion_mnist':
+            raise ValueError(f"augment=False applies to fashion_mnist only, but {e.name!r} trains on {e.dataset!r}")
 
     def __repr__(self):
         rest = ''.join(f', {k}={getattr(self, k)!r}' for k in ('epochs', 'train_limit', 'res_dir', 'ckpt_root') if getattr(self, k) is not None)
+        rest += '' if self.augment else ', augment=False'
         return f'Run({self.experiment.name!r} on {self.experiment.dataset}, seed={self.seed}, preset={self.preset!r}{rest})'
 
     @property
@@ -328,7 +336,7 @@ class Run:
     @property
     def tag(self) -> str:
         "The folder name of its budget (`run_tag`)."
-        return run_tag(self.preset, self.epochs, self.train_limit)
+        return run_tag(self.preset, self.epochs, self.train_limit, self.augment)
 
     @property
     def result_path(self) -> Path:
@@ -347,16 +355,16 @@ def suite_runs(suite, preset: str = 'quick', seeds=None, res_dir=None, ckpt_root
     check_name('preset', preset, PRESETS)
     if seeds is not None and not isinstance(seeds, (list, tuple, range)):
         raise ValueError(f"seeds must be a list of ints >= 0 or None (each experiment's own), got {seeds!r}")
-    return [Run(e, seed, preset, s.epochs, s.train_limit, res_dir, ckpt_root)
+    return [Run(e, seed, preset, s.epochs, s.train_limit, res_dir, ckpt_root, s.augment)
             for e in suite_experiments(s) for seed in (seeds if seeds is not None else e.seeds)]
 
 # %% ../nbs/07_experiments.ipynb #30aa1bcd
-def load_data(dataset: str, preset: str, train_limit: int | None = None):
-    "The `DataBundle` of `dataset` with `preset`'s data settings, its training split cut to `train_limit` examples."
+def load_data(dataset: str, preset: str, train_limit: int | None = None, augment: bool = True):
+    "The `DataBundle` of `dataset` with `preset`'s data settings, its training split cut to `train_limit` examples (`augment`: see `get_dls`)."
     check_choice('dataset', dataset, DATASETS)
     p = PRESETS[check_name('preset', preset, PRESETS)]
     _maybe(check_int, 'train_limit', train_limit, 1)
-    dls = get_dls(dataset, batch_size=p['batch_size'], max_len=p['max_len'], vocab_size=p['vocab_size'])
+    dls = get_dls(dataset, batch_size=p['batch_size'], max_len=p['max_len'], vocab_size=p['vocab_size'], augment=augment)
     if train_limit is not None:
         tr = dls.train
         dls.train = DataLoader(Subset(tr.dataset, range(min(train_limit, len(tr.dataset)))), tr.batch_size, shuffle=True,
@@ -410,16 +418,17 @@ def build_variant(e: Experiment, dls, preset: str, seed: int, init=None):
     return model
 
 # %% ../nbs/07_experiments.ipynb #d264b928
-def run_config(e: Experiment, preset: str, epochs: int, train_limit=None) -> dict:
+def run_config(e: Experiment, preset: str, epochs: int, train_limit=None, augment: bool = True) -> dict:
     "Everything that determines a run's numbers, apart from the seed (compared before a result is reused)."
-    check_experiment(e); check_int('epochs', epochs, 1); _maybe(check_int, 'train_limit', train_limit, 1)
+    check_experiment(e); check_int('epochs', epochs, 1); _maybe(check_int, 'train_limit', train_limit, 1); check_bool('augment', augment)
     exp = {k: v for k, v in asdict(e).items() if k not in ('seeds', 'original', 'about', 'preset', 'epochs')}
     for k, default in (('ir_net_per', 'epoch'), ('grid', 'max'), ('per_channel', False), ('attn', ''),  # options added after results
                        ('kd', False), ('opt', 'adam'), ('sched', 'multistep')):                        # were committed:
         if exp[k] == default: del exp[k]                                                    # left out at their default, so those still match
     p = PRESETS[check_name('preset', preset, PRESETS)]
-    return dict(experiment=exp, preset=preset, preset_settings=p, epochs=epochs, train_limit=train_limit,
-                learner=_learner_config(e, p, epochs))
+    cfg = dict(experiment=exp, preset=preset, preset_settings=p, epochs=epochs, train_limit=train_limit,
+               learner=_learner_config(e, p, epochs))
+    return cfg if augment else {**cfg, 'augment': False}   # only when off, so results made before the option still match
 
 KD = dict(T=2.0, alpha=0.5)  # the distillation of a `kd` run: temperature and the weight of the teacher's term
 
@@ -435,22 +444,23 @@ def _learner_config(e: Experiment, p: dict, epochs: int) -> dict:
 @patch(as_prop=True)
 def config(self: Run) -> dict:
     "`run_config` of this run: what its stored result must have been made with."
-    return run_config(self.experiment, self.preset, self.n_epochs, self.train_limit)
+    return run_config(self.experiment, self.preset, self.n_epochs, self.train_limit, self.augment)
 
 # %% ../nbs/07_experiments.ipynb #ac948eee
-def train_command(e: Experiment, seed: int, preset: str, epochs=None, train_limit=None) -> str:
+def train_command(e: Experiment, seed: int, preset: str, epochs=None, train_limit=None, augment: bool = True) -> str:
     "A `tq_train` command line that reruns exactly this run."
     check_experiment(e); check_int('seed', seed, 0); check_name('preset', preset, PRESETS)
     _maybe(check_int, 'epochs', epochs, 1); _maybe(check_int, 'train_limit', train_limit, 1)
     args = ['tq_train', '--exp_name', e.name, '--dataset', e.dataset, '--preset', preset, '--seed', str(seed)]
     if epochs not in (None, PRESETS[preset]['epochs']): args += ['--epochs', str(epochs)]
     if train_limit is not None: args += ['--train_limit', str(train_limit)]
+    if not check_bool('augment', augment): args += ['--no_augment']
     return shlex.join(args)
 
 @patch(as_prop=True)
 def train_command(self: Run) -> str:
     "The `tq_train` line that reruns this run."
-    return train_command(self.experiment, self.seed, self.preset, self.n_epochs, self.train_limit)
+    return train_command(self.experiment, self.seed, self.preset, self.n_epochs, self.train_limit, self.augment)
 
 # %% ../nbs/07_experiments.ipynb #af185977
 def _git_commit() -> dict | None:
@@ -590,7 +600,7 @@ def execute(self: Run, device='cpu', progress: bool = True, redo: bool = False, 
     try:
         prepare_ckpt_dir(ckpt, cfg, redo)
         t0 = time.time()
-        dls = dls or load_data(e.dataset, self.preset, self.train_limit)
+        dls = dls or load_data(e.dataset, self.preset, self.train_limit, self.augment)
         init = fp_checkpoint(self, dev, progress, dls) if e.pretrained else None
         teacher = teacher_model(self, fp_checkpoint(self, dev, progress, dls), dls) if e.kd else None
         learn, summary, resumed = _train(self, dev, progress, dls, init, teacher)
@@ -614,7 +624,7 @@ def fp_checkpoint(run: Run, device='cpu', progress: bool = True, dls=None) -> Pa
     fp = replace(run, experiment=replace(get_experiment('fp'), dataset=run.experiment.dataset), epochs=run.n_epochs)
     cfg, ckpt = fp.config, fp.ckpt_path
     if (ckpt/'best.pt').exists() and _holds_config(ckpt, cfg): return ckpt/'best.pt'
-    dls = dls or load_data(fp.experiment.dataset, fp.preset, fp.train_limit)
+    dls = dls or load_data(fp.experiment.dataset, fp.preset, fp.train_limit, fp.augment)
     if not fp.result_path.exists():
         if progress: print(f'training fp (seed {run.seed}) first: its checkpoint initializes this run', flush=True)
         fp.execute(device, progress, dls=dls)
@@ -656,7 +666,7 @@ def run_suite(suite, preset: str = 'quick', seeds=None, res_dir=None, ckpt_root=
             if progress: print(f'{head}: done before, {run.result_path}', flush=True)
             continue
         if progress: print(f'{head}: training ({time.time()-t0:.0f}s into the suite{_eta(runs[i:], took)})', flush=True)
-        if e.dataset not in data: data[e.dataset] = load_data(e.dataset, run.preset, run.train_limit)
+        if e.dataset not in data: data[e.dataset] = load_data(e.dataset, run.preset, run.train_limit, run.augment)
         try: r = run.execute(device, progress, redo, command, dls=data[e.dataset])
         except RunInProgress as err:
             print(f'{head}: skipped, {err}', flush=True)
@@ -802,6 +812,7 @@ def tq_train(
     preset: Param("model and training size", str, choices=list(PRESETS))='quick',
     epochs: Param("epochs (default: the preset's)", int)=None,
     train_limit: Param("train on the first N training examples only", int)=None,
+    no_augment: Param("fashion_mnist: train without the random shifts and mirrors", store_true)=False,
     seed: Param("random seed", int)=0,
     device: _DEVICE='auto',
     threads: _THREADS=None,
@@ -814,7 +825,7 @@ def tq_train(
         dev = _setup(threads, device)
         e = experiment_from_flags(quant_type, quant_method, bit_num, a_bit_num, quant_pattern, lsq, pre_trained, latent,
                                   latent_epochs, exp_name, dataset, ir_net_per)
-        r = Run(e, seed, preset, epochs, train_limit, res_dir).execute(str(dev), not quiet, redo, _cli_command('tq_train'))
+        r = Run(e, seed, preset, epochs, train_limit, res_dir, augment=not no_augment).execute(str(dev), not quiet, redo, _cli_command('tq_train'))
     except ValueError as err: _cli_error('tq_train', err)
     print(f"{r['experiment']} seed {seed}: {_accuracy_line(r)}")
 
@@ -823,7 +834,8 @@ def list_text() -> str:
     "The suites and the experiment registry, as text for `tq_experiments --list`."
     lines = ['suites:'] + [f'  {s.name:12s} {len(s.experiments):2d} experiments on {s.dataset or "wordnet"}'
                            f'{"" if s.epochs is None else f", {s.epochs} epochs"}'
-                           f'{"" if s.train_limit is None else f", first {s.train_limit} training examples"}: {s.about}'
+                           f'{"" if s.train_limit is None else f", first {s.train_limit} training examples"}'
+                           f'{"" if s.augment else ", no augmentation"}: {s.about}'
                            for s in SUITES.values()]
     with pd.option_context('display.width', 200, 'display.max_colwidth', 60, 'display.max_rows', 500):
         return '\n'.join(lines) + '\n\nexperiments:\n' + experiments_table().astype(object).fillna('').to_string()
