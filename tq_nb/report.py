@@ -15,7 +15,7 @@ import pandas as pd
 import seaborn as sns
 from fastcore.script import call_parse, Param
 
-from .checks import check_float, check_int
+from .checks import check_bool, check_float, check_int
 from .data import AG_NEWS_CLASSES, FASHION_MNIST_CLASSES, NOUN_LEXNAMES
 from .experiments import (EXPERIMENTS, Run, check_frame, check_name, check_path, checkout_dir, default_res_dir, format_summary,
                                get_experiment, get_suite, load_results, read_result, suite_runs, summary_table, variant_model)
@@ -414,7 +414,7 @@ def findings_summary(runs: pd.DataFrame, chapters: dict | None = None, k: float 
 
 # %% ../nbs/09_report.ipynb #976de54b
 BUDGET_TAGS = {'wordnet': ('base_e3', 'base', 'base_e12', 'base_n10000', 'base_n40000', 'wide'),
-               'fashion_mnist': ('base_e3', 'base', 'base_e12')}
+               'fashion_mnist': ('base_e3', 'base', 'base_e12', 'base_e24', 'base_e12_noaug', 'base_e24_noaug')}
 
 def budget_runs(dataset: str = 'wordnet', res_dir=None, tags=None) -> pd.DataFrame:
     "The budget study's full-precision runs of `dataset`: budget, width, and train/valid/test accuracy at the selected epoch."
@@ -425,20 +425,23 @@ def budget_runs(dataset: str = 'wordnet', res_dir=None, tags=None) -> pd.DataFra
             r = read_result(p)
             b, s = select_best(r['history']), r['config']['preset_settings']
             rows.append(dict(tag=tag, seed=r['seed'], preset=r['preset'], epochs=r['config']['epochs'],
-                             train_limit=r['config']['train_limit'], d_model=s['d_model'], best_epoch=b['epoch'],
+                             train_limit=r['config']['train_limit'], d_model=s['d_model'], augment=r['config'].get('augment', True),
+                             best_epoch=b['epoch'],
                              train_acc=b['train_acc'], valid_acc=b['valid_acc'], test_acc=b['test_acc'],
                              train_time=r['train_time'], command=r['command']))
     return pd.DataFrame(rows)
 
 # %% ../nbs/09_report.ipynb #86932249
-def _base_all_data(runs: pd.DataFrame) -> pd.Series:
-    "Which of the budget runs `runs` are at the `base` size on all the data (the plateau rule's runs)."
-    return (check_frame('runs', runs).preset == 'base') & runs.train_limit.isna()
+def _base_all_data(runs: pd.DataFrame, augment: bool = True) -> pd.Series:
+    "Which of the budget runs `runs` are at the `base` size on all the data, with augmentation `augment` (the plateau rule's runs)."
+    check_frame('runs', runs); check_bool('augment', augment)
+    aug = runs.augment == augment if 'augment' in runs else pd.Series(augment, index=runs.index)
+    return (runs.preset == 'base') & runs.train_limit.isna() & aug
 
-def doubling_gains(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
-    "Test-accuracy gain in points from doubling the epochs (`base`, all data; mean over seeds), and whether it is < `threshold`."
+def doubling_gains(runs: pd.DataFrame, threshold: float = 1.0, augment: bool = True) -> pd.DataFrame:
+    "Test-accuracy gain in points from doubling the epochs (`base`, all data, augmentation `augment`; mean over seeds), and whether it is < `threshold`."
     check_float('threshold', threshold)
-    full = runs[_base_all_data(runs)].groupby('epochs').test_acc.mean()
+    full = runs[_base_all_data(runs, augment)].groupby('epochs').test_acc.mean()
     rows = [dict(epochs=f'{a} → {2*a}', gain=100 * (full[2*a] - full[a]), plateau=100 * (full[2*a] - full[a]) < threshold)
             for a in full.index if 2*a in full.index]
     return pd.DataFrame(rows, columns=['epochs', 'gain', 'plateau'])
@@ -450,10 +453,13 @@ def budget_figure(runs_by_dataset: dict, references: dict | None = None):
         raise ValueError(f"runs_by_dataset must be a non-empty dict of dataset -> budget_runs table, got {runs_by_dataset!r}")
     fig, axes = plt.subplots(1, len(runs_by_dataset), figsize=(5.5 * len(runs_by_dataset), 3.8), squeeze=False)
     for ax, (ds, runs) in zip(axes[0], runs_by_dataset.items()):
-        full = _base_all_data(runs)
+        full, plain = _base_all_data(runs), _base_all_data(runs, augment=False)
         base = runs[full].groupby('epochs').test_acc.mean()
         ax.plot(base.index, 100 * base.values, 'o-', label='base, all data')
-        for _, r in runs[~full].iterrows():
+        if plain.any():
+            p = runs[plain].groupby('epochs').test_acc.mean()
+            ax.plot(p.index, 100 * p.values, 'o-', label='base, all data, no augmentation')
+        for _, r in runs[~full & ~plain].iterrows():
             what = f"{int(r.train_limit):,} examples" if r.train_limit == r.train_limit and r.train_limit else f"d_model {int(r.d_model)}"
             ax.plot(r.epochs, 100 * r.test_acc, 's'); ax.annotate(what, (r.epochs, 100 * r.test_acc), fontsize=8,
                                                                  xytext=(4, -3), textcoords='offset points')
