@@ -286,3 +286,23 @@ def test_retired_deploy_format_loads_with_a_warning(tmp_path):
         new = load_int(save_int(old, tmp_path/'v2.safetensors'))
     with torch.no_grad():
         assert torch.equal(old(e['ids']), e['deploy_logits']) and torch.equal(new(e['ids']), e['deploy_logits'])
+
+
+@SETTINGS
+@given(st.integers(2, 8), st.booleans(), st.sampled_from([8, 16, 32]), st.integers(2, 4), st.integers(1, 12), st.integers(0, 2**31 - 1))
+def test_grouped_int_linear_within_bound(bits, symmetric, group, n_groups, n, seed):
+    "A per-group weight (two or more groups a row; one group is per channel) runs group by group: within half an input step per token and group of the float layer, and stores exactly its codes."
+    from tq_nb.quantize import QuantLinear
+    torch.manual_seed(seed)
+    k = group * n_groups
+    ql = QuantLinear.from_linear(nn.Linear(k, n), bits=bits, symmetric=symmetric, per_channel=True, group_size=group).eval()
+    qw, x = ql.qweight(), torch.randn(3, 5, k)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        il = IntLinear.from_qweight(qw, ql.bias)
+    assert il.group_size == group and il.requantized == (bits == 8 and not symmetric)
+    w = il.qweight().dequantize()                      # = qw's values unless requantized (then the new per-group grid's)
+    if not il.requantized: assert torch.equal(w, qw.dequantize())
+    _, sx, _ = quantize_per_token(x.reshape(-1, n_groups, group))
+    bound = (sx[..., 0] / 2) @ w.abs().reshape(n, n_groups, group).sum(-1).t() + 1e-4 * (1 + F.linear(x, w).reshape(-1, n).abs())
+    with torch.no_grad(): assert ((il(x) - F.linear(x, w, ql.bias)).reshape(-1, n).abs() <= bound).all()
