@@ -143,7 +143,7 @@ class IntLinear(IntegerLinear):
         if act == 'static':
             self.register_buffer('act_scale', torch.ones(()))
             self.register_buffer('act_zero', torch.zeros(()))
-        for k in ('w_int8', 'w_blocks', 'gemm_scale', 'gemm_bias', 'zero_fold'): self.register_buffer(k, None, persistent=False)
+        for k in ('w_int8', 'gemm_scale', 'gemm_bias', 'zero_fold'): self.register_buffer(k, None, persistent=False)
 
     @classmethod
     def from_qweight(cls, qw: QWeight, bias: torch.Tensor | None = None, act: str = 'dynamic',
@@ -178,10 +178,8 @@ class IntLinear(IntegerLinear):
         if self.act == 'static':
             s = s * self.act_scale
             b = b + s * (2**(self.act_bits - 1) - self.act_zero) * W.sum(1, dtype=torch.int32)
-        if self.group_size is not None:   # one int8 block (group_size × out) per group, and each group's column sums
-            n, g = s.shape
-            self.w_blocks = W.view(n, g, self.group_size).permute(1, 2, 0).contiguous()
-            self.zero_fold = -s * W.view(n, g, self.group_size).sum(-1, dtype=torch.int32)
+        if self.group_size is not None:   # each group's sums of the weight's rows, times its scale (times s_x·z per token and group)
+            self.zero_fold = -s * W.view(*s.shape, self.group_size).sum(-1, dtype=torch.int32)
         elif self.act == 'dynamic': self.zero_fold = -s * W.sum(1, dtype=torch.int32)   # times s_x·z per token
         self.w_int8, self.gemm_scale, self.gemm_bias = W, s, b
         self.split = not int_mm_exact(str(W.device))   # decided once, so forward never probes
@@ -196,9 +194,9 @@ class IntLinear(IntegerLinear):
     def _grouped(self, x2):
         "Dynamic inputs per token and group: one int8 product per group, each scaled by its token's and its weight's scales."
         q, s, z = quantize_per_token(x2.view(len(x2), -1, self.group_size))
-        y = self.gemm_bias.expand(len(x2), -1).clone()
-        for i in range(self.w_blocks.shape[0]):
-            acc = int_mm(q[:, i].contiguous(), self.w_blocks[i], split=self.split)
+        y, gs = self.gemm_bias.expand(len(x2), -1).clone(), self.group_size
+        for i in range(self.gemm_scale.shape[1]):
+            acc = int_mm(q[:, i].contiguous(), self.w_int8[:, i * gs:(i + 1) * gs].t(), split=self.split)
             y.addcmul_(torch.mul(acc, s[:, i]), self.gemm_scale[:, i]).addcmul_(s[:, i] * z[:, i], self.zero_fold[:, i])
         return y
 
