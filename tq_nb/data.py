@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .checks import check_int
+from .checks import check_bool, check_int
 
 # %% auto #0
 __all__ = ['NOUN_LEXNAMES', 'AG_NEWS_CLASSES', 'AG_NEWS_URL', 'SPECIALS', 'SHIPPED_TOKENIZERS', 'FASHION_MNIST_DEB',
@@ -324,7 +324,7 @@ def get_dls(name: str = 'wordnet', batch_size: int = 64, max_len: int = 64, voca
     "Load dataset `name` and return a `DataBundle` of shuffled-train / ordered valid and test loaders (`augment`: Fashion-MNIST's training shifts and mirrors)."
     if name not in DATASETS: raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
     if not (isinstance(batch_size, int) and batch_size > 0): raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not isinstance(augment, bool): raise ValueError(f"augment must be True or False, got {augment!r}")
+    check_bool('augment', augment, "Fashion-MNIST's training shifts and mirrors")
     if not augment and name != 'fashion_mnist':
         raise ValueError(f"augment=False applies to fashion_mnist only (its training shifts and mirrors); {name!r} has no augmentation")
     g = torch.Generator().manual_seed(seed)

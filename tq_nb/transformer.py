@@ -34,6 +34,11 @@ PRESETS = {
                   vocab_size=8000,  batch_size=64, epochs=6,  lr=3e-3),
     'wide':  dict(d_model=128, n_heads=4, d_ff=256,  d_hidden=256,  n_layers=2, dropout=0.0, pooling='mean', max_len=32,
                   vocab_size=8000,  batch_size=64, epochs=6,  lr=3e-3),
+    # the same with room for 64 tokens: how much does cutting the long glosses at 32 cost?
+    'long':  dict(d_model=64,  n_heads=4, d_ff=128,  d_hidden=128,  n_layers=2, dropout=0.0, pooling='mean', max_len=64,
+                  vocab_size=8000,  batch_size=64, epochs=6,  lr=3e-3),
+    'wide_long': dict(d_model=128, n_heads=4, d_ff=256, d_hidden=256, n_layers=2, dropout=0.0, pooling='mean', max_len=64,
+                  vocab_size=8000,  batch_size=64, epochs=6,  lr=3e-3),
 }
 POOLINGS = ('cls', 'mean')
 
