@@ -19,11 +19,11 @@ main: setup
 	wait; echo "(the second worker's log: scratch/main-worker2.log)"
 	$(BIN)/tq_reproduce --suite headline --preset base --seed 0 --scratch scratch/res
 
-## study: the whole study matrix (suites study and vision_study, seeds 0 1 2) into res/, resumably, two one-thread
+## study: the whole study matrix (suites study, vision_study and vision_plain, seeds 0 1 2) into res/, resumably, two one-thread
 ## runs side by side: many hours on 2 cores; rerun the same command to continue after an interruption
 study: setup
 	mkdir -p scratch
-	for s in study vision_study; do \
+	for s in study vision_study vision_plain; do \
 	  $(RUN2) --suite $$s --seeds 0 1 2 > scratch/study-worker2.log 2>&1 & \
 	  sleep 10; $(RUN2) --suite $$s --seeds 0 1 2; wait; \
 	done
