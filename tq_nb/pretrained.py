@@ -24,16 +24,17 @@ from .binarize import METHODS, binarize_
 from .memory import model_size
 from .deploy import convert_
 from .baselines import fit_logreg
+from .experiments import _cpu_name
 from .hf import load_minilm, minilm_folder, require_transformers
 
 # %% auto #0
-__all__ = ['PROBE_CS', 'PTQ_VARIANTS', 'PRETRAINED_COLUMNS', 'INT_BACKENDS', 'SENSITIVITY_PARTS', 'SENSITIVITY_BITS', 'LOSSES',
-           'QAT_METRICS', 'STUDIES', 'minilm_tokenizer', 'ToyTokenizer', 'mean_pool', 'embed', 'cosine_to_reference',
-           'probe_accuracy', 'fit_probe', 'calibration_batches', 'ptq_variant', 'model_file_bytes', 'cpu_latency',
-           'wordnet_subset', 'fp32_embeddings', 'pretrained_reference', 'heldout_scores', 'evaluate_variant',
-           'default_pretrained_dir', 'run_pretrained', 'load_pretrained', 'int_backend', 'paired_timings',
-           'paired_ratio', 'run_int_inference', 'part_variant', 'run_sensitivity', 'distill_', 'recovered', 'run_qat',
-           'tq_pretrained']
+__all__ = ['PROBE_CS', 'PTQ_VARIANTS', 'PRETRAINED_COLUMNS', 'INT_BACKENDS', 'INT8_DOT_FLAGS', 'SENSITIVITY_PARTS',
+           'SENSITIVITY_BITS', 'LOSSES', 'QAT_METRICS', 'STUDIES', 'minilm_tokenizer', 'ToyTokenizer', 'mean_pool',
+           'embed', 'cosine_to_reference', 'probe_accuracy', 'fit_probe', 'calibration_batches', 'ptq_variant',
+           'model_file_bytes', 'cpu_latency', 'wordnet_subset', 'fp32_embeddings', 'pretrained_reference',
+           'heldout_scores', 'evaluate_variant', 'default_pretrained_dir', 'run_pretrained', 'load_pretrained',
+           'int_backend', 'paired_timings', 'paired_ratio', 'cpu_features', 'run_int_inference', 'part_variant',
+           'run_sensitivity', 'distill_', 'recovered', 'run_qat', 'tq_pretrained']
 
 # %% ../nbs/14_pretrained.ipynb #78ec17f6
 def minilm_tokenizer():
@@ -316,6 +317,14 @@ def _conditions() -> dict:
     import os
     return dict(loadavg=os.getloadavg() if hasattr(os, 'getloadavg') else None, cpu_count=os.cpu_count())
 
+INT8_DOT_FLAGS = ('avx512_vnni', 'avx_vnni', 'amx_int8')
+
+def cpu_features() -> dict:
+    "This CPU's name and which of `INT8_DOT_FLAGS` (int8 dot-product instructions; `torch._int_mm` is fast on a CPU only with one) it has."
+    try: flags = set(next(l for l in open('/proc/cpuinfo') if l.startswith('flags')).split(':', 1)[1].split())
+    except (OSError, StopIteration): flags = set()
+    return dict(name=_cpu_name(), int8_dot=[f for f in INT8_DOT_FLAGS if f in flags])
+
 def _result_meta(command: str, t0: float, sizes: dict, tag: str) -> dict:
     return dict(model=tag, sizes=sizes, wall_time=time.time() - t0, versions=_versions(), command=command,
                 finished=datetime.now(timezone.utc).isoformat(timespec='seconds'))
@@ -323,9 +332,12 @@ def _result_meta(command: str, t0: float, sizes: dict, tag: str) -> dict:
 def run_int_inference(names=None, n_train: int = 8000, n_valid: int = 2000, n_test: int = 2000, res_dir=None, command: str | None = None,
                       make_model=load_minilm, tok=None, splits=None, cache_dir=None, tag: str = 'minilm', max_len: int = 64,
                       batch_size: int = 64, n_calib: int = 16, rounds: int = 20, rounds_single: int = 50, threads: int = 1,
-                      every: int | None = None, ctx: dict | None = None) -> dict:
-    "Integer backends `names` (default: all of `INT_BACKENDS`) side by side: agreement with fp32 on the test glosses and paired one-thread timings; writes `res_dir/int_inference.json`."
+                      every: int | None = None, ctx: dict | None = None, out: str = 'int_inference.json') -> dict:
+    "Integer backends `names` (default: all of `INT_BACKENDS`) side by side: agreement with fp32 on the test glosses and paired one-thread timings (`rounds=0`: no batch timing, `rounds_single=0`: no single-gloss timing); writes `res_dir/out`."
     names = list(INT_BACKENDS) if names is None else [check_choice('names', n, list(INT_BACKENDS)) for n in names]
+    check_int('rounds', rounds, 0); check_int('rounds_single', rounds_single, 0)
+    if not isinstance(out, str) or not re.fullmatch(r'[\w.-]+\.json', out):
+        raise ValueError(f"out must be a file name ending in .json, without a folder (res_dir sets the folder), got {out!r}")
     if 'fp32' not in names: names = ['fp32', *names]
     t0, before = time.time(), _conditions()
     ctx = ctx or pretrained_reference(n_train, n_valid, n_test, make_model, tok, splits, cache_dir, tag, max_len, batch_size, every)
@@ -340,6 +352,7 @@ def run_int_inference(names=None, n_train: int = 8000, n_valid: int = 2000, n_te
                'single': dict(tok(texts[:1], truncation=True, max_length=max_len, return_tensors='pt'))}
     timing = {}
     for regime, reps in (('batch', rounds), ('single', rounds_single)):
+        if not reps: continue
         b = batches[regime]
         times = paired_timings({n: (lambda m=models[n]: m(**b)) for n in names}, reps, 2, threads)
         n_seq = b['input_ids'].shape[0]
@@ -351,10 +364,10 @@ def run_int_inference(names=None, n_train: int = 8000, n_valid: int = 2000, n_te
                               times_ms={n: [1e3 * x for x in v] for n, v in times.items()})
     sizes = dict(n_train=len(ctx['sub']['train'][0]), n_valid=len(ctx['sub']['valid'][0]), n_test=len(texts), max_len=max_len,
                  batch_size=batch_size, n_calib=n_calib, threads=threads)
-    r = dict(backends=rows, timing=timing, conditions=dict(before=before, after=_conditions()),
+    r = dict(backends=rows, timing=timing, conditions=dict(before=before, after=_conditions()), cpu=cpu_features(),
              fp32_probe={k: ctx['probe']['result'][k] for k in ('C', 'valid_acc', 'test_acc')},
              **_result_meta(command or f'tq_pretrained --study int --n_test {n_test}', t0, sizes, tag))
-    return _write_json(Path(res_dir or default_pretrained_dir())/'int_inference.json', r)
+    return _write_json(Path(res_dir or default_pretrained_dir())/out, r)
 
 # %% ../nbs/14_pretrained.ipynb #0877f5d0
 SENSITIVITY_PARTS = ('all', 'mha', 'ffn', 'mha.q', 'mha.k', 'mha.v', 'mha.o', 'mha.q|mha.k', 'mha.q|mha.k|mha.v', 'ffn.w1', 'ffn.w2',
@@ -500,6 +513,9 @@ def tq_pretrained(
     lr: Param("qat: Adam learning rate", float)=1e-3,
     epochs: Param("qat: passes over the distillation glosses", int)=1,
     bits: Param("sensitivity: weight bits (1: scaled binarization)", int, nargs='*')=None,
+    rounds: Param("int: timing rounds on a batch (0: no batch timing)", int)=20,
+    rounds_single: Param("int: timing rounds on a single gloss (0: none)", int)=50,
+    out: Param("int: the result's file name in res_dir", str)='int_inference.json',
 ):
     "all-MiniLM-L6-v2 quantized: PTQ rows, integer backends, part sensitivity or distillation, as JSON under res/pretrained."
     from threadpoolctl import threadpool_limits
@@ -512,10 +528,10 @@ def tq_pretrained(
     with threadpool_limits(threads):
         if study == 'ptq': run_pretrained(names or None, redo=redo, threads=threads, log=show, **sizes)
         elif study == 'int':
-            r = run_int_inference(names or None, threads=threads, **sizes)
+            r = run_int_inference(names or None, threads=threads, rounds=rounds, rounds_single=rounds_single, out=out, **sizes)
             for k, v in r['backends'].items():
-                print(f"{k:19s} cos {v['cosine_test']:.4f}  agreement {v['probe_agreement']:.4f}  batch {r['timing']['batch']['median_ms'][k]:7.1f} ms"
-                      f"  single {r['timing']['single']['median_ms'][k]:6.1f} ms", flush=True)
+                print(f"{k:19s} cos {v['cosine_test']:.4f}  agreement {v['probe_agreement']:.4f}"
+                      + ''.join(f"  {reg} {t['median_ms'][k]:7.1f} ms" for reg, t in r['timing'].items()), flush=True)
         elif study == 'sensitivity':
             run_sensitivity(names or SENSITIVITY_PARTS, bits or SENSITIVITY_BITS, redo=redo, **sizes,
                             log=lambda r: print(f"{r['parts']:18s} {r['bits']} bit  cos {r['cosine_test']:.4f}  probe fp32 "
