@@ -137,6 +137,18 @@ def test_run_int_inference_writes_one_file(tmp_path):
     assert set(r['timing']['single']['paired']) == {'fp32 / tq_int8', 'tq_int8 / fp32'}
 
 
+def test_run_int_inference_out_and_no_timing(tmp_path):
+    "A second integer run goes to its own file, leaves the first untouched, and times only the regimes asked for."
+    first = P.run_int_inference(['tq_int8'], **_kw(tmp_path), batch_size=8, n_calib=1, rounds=1, rounds_single=1)
+    r = P.run_int_inference(['tq_int8'], **_kw(tmp_path), batch_size=8, n_calib=1, rounds=0, rounds_single=0, out='other.json')
+    assert r['timing'] == {} and set(r['cpu']) == {'name', 'int8_dot'} and set(r['cpu']['int8_dot']) <= set(P.INT8_DOT_FLAGS)
+    kept = json.loads((tmp_path/'res'/'int_inference.json').read_text())
+    assert set(kept['timing']) == {'batch', 'single'} and kept['timing']['batch']['times_ms'] == first['timing']['batch']['times_ms']
+    assert json.loads((tmp_path/'res'/'other.json').read_text())['backends'].keys() == r['backends'].keys()
+    for bad in ('sub/x.json', 'x.txt', 3):
+        with pytest.raises(ValueError, match='out must be a file name ending in .json'): P.run_int_inference(['tq_int8'], **_kw(tmp_path), out=bad)
+
+
 def test_part_variant_and_sensitivity(tmp_path):
     m = P.part_variant('ffn.w1', 4, tiny_bert())
     assert type(m.encoder.layer[0].intermediate.dense) is QuantLinear and type(m.encoder.layer[0].output.dense) is nn.Linear
