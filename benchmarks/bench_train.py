@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from tq_nb.data import atomic_write_bytes
-from tq_nb.experiments import apply_method_, calibrate_model_, get_experiment, load_data
+from tq_nb.experiments import apply_method_, calibrate_model_, cpu_name, get_experiment, load_data
 from tq_nb.transformer import PRESETS, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,7 +121,7 @@ def main(argv=None):
                timer='time.process_time (CPU seconds of this single-threaded process)', methods=res,
                loader_seconds_per_batch=load_s, load_average=[load0, os.getloadavg()[0]],
                torch=torch.__version__, python=platform.python_version(), platform=platform.platform(),
-               cpu=next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), platform.processor()),
+               cpu=cpu_name(),
                finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
     atomic_write_bytes(Path(a.out), (json.dumps(out, indent=1) + '\n').encode())
     print(f'wrote {a.out}')

@@ -12,7 +12,7 @@ end to end on the int8 path and on the XNOR path, with the bytes of its fp32, in
     .venv/bin/python benchmarks/bench_xnor.py            # writes res/deploy/bench_xnor_cpu.json
 """
 from __future__ import annotations
-import argparse, copy, datetime, inspect, json, os, platform, shlex, statistics, sys, time, warnings
+import argparse, copy, datetime, inspect, json, os, shlex, statistics, sys, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from safetensors.torch import save as st_save
 
 from tq_nb.data import atomic_write_bytes
 
-from common import conditions
+from common import conditions, cpu_name
 from tq_nb.binarize import BinaryLinear, binarize_
 from tq_nb.deploy import IntLinear, convert_, int_mm, save_int
 from tq_nb.transformer import build_model
@@ -45,10 +45,9 @@ def parse_args(argv=None):
 def cpu_info():
     "CPU name, its clock now (MHz, as /proc/cpuinfo reports it) and whether it has AVX-512 VPOPCNTDQ."
     try: text = Path('/proc/cpuinfo').read_text()
-    except OSError: return dict(name=platform.processor(), mhz=None, avx512_vpopcntdq=None)
-    field = lambda k: next((l.split(':', 1)[1].strip() for l in text.splitlines() if l.startswith(k)), None)
-    mhz = field('cpu MHz')
-    return dict(name=field('model name'), mhz=float(mhz) if mhz else None, avx512_vpopcntdq='avx512_vpopcntdq' in text)
+    except OSError: return dict(name=cpu_name(), mhz=None, avx512_vpopcntdq=None)
+    mhz = next((l.split(':', 1)[1].strip() for l in text.splitlines() if l.startswith('cpu MHz')), None)
+    return dict(name=cpu_name(), mhz=float(mhz) if mhz else None, avx512_vpopcntdq='avx512_vpopcntdq' in text)
 
 
 def paired_rounds(fns: dict, repeats: int, warmup: int) -> dict:

@@ -1,9 +1,10 @@
 """Timing helpers shared by the training-step benchmarks: one optimizer step per call, and variants timed
 side by side, interleaved in a shuffled order every round so machine load hits them alike."""
-import os, platform, random, time
+import os, random, time
 from pathlib import Path
 import torch
 import torch.nn.functional as F
+from tq_nb.experiments import cpu_name  # re-exported: the benchmarks record the CPU as the results do
 
 def make_step(model, ids, mask, y, lr):
     opt = torch.optim.AdamW(model.parameters(), lr)
@@ -74,8 +75,3 @@ def conditions():
     try: c['cpu_pressure'] = Path('/proc/pressure/cpu').read_text().splitlines()[0]
     except OSError: pass
     return c
-
-def cpu_name():
-    "The CPU's model name (from /proc/cpuinfo, else platform's)."
-    try: return next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
-    except (OSError, StopIteration): return platform.processor()

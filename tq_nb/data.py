@@ -19,7 +19,7 @@ __all__ = ['NOUN_LEXNAMES', 'AG_NEWS_CLASSES', 'AG_NEWS_URL', 'SPECIALS', 'SHIPP
            'Split', 'TextSplits', 'split_indices', 'wordnet_places', 'find_wordnet', 'read_wordnet_glosses',
            'load_wordnet', 'read_ag_news_csv', 'download_ag_news', 'load_ag_news', 'synthetic_text', 'train_wordpiece',
            'get_tokenizer', 'TokenDataset', 'pad_collate', 'prepare_fashion_mnist', 'fashion_mnist_transforms',
-           'load_fashion_mnist', 'DataBundle', 'get_dls']
+           'load_fashion_mnist', 'DataBundle', 'check_augment', 'get_dls']
 
 # %% ../nbs/00_data.ipynb #e116bba4
 def project_root() -> Path | None:
@@ -318,15 +318,20 @@ def _limit(ds, limit):
     if limit is None or limit >= len(ds): return ds
     return torch.utils.data.Subset(ds, range(limit))
 
+def check_augment(augment, dataset: str, who: str = 'a model of get_dls') -> bool:
+    "`augment` if it is a bool that `dataset` allows: only fashion_mnist has training augmentation to turn off (`who` trains on `dataset`, for the message)."
+    check_bool('augment', augment, "Fashion-MNIST's training shifts and mirrors")
+    if not augment and dataset != 'fashion_mnist':
+        raise ValueError(f"augment=False applies to fashion_mnist only, but {who} trains on {dataset!r}, which has no augmentation")
+    return augment
+
 def get_dls(name: str = 'wordnet', batch_size: int = 64, max_len: int = 64, vocab_size: int = 8000,
             seed: int = 0, limit: int | None = None, tokenizer_file=None, path=None, num_workers: int = 0,
             train_transform=None, augment: bool = True) -> DataBundle:
     "Load dataset `name` and return a `DataBundle` of shuffled-train / ordered valid and test loaders (`augment`: Fashion-MNIST's training shifts and mirrors)."
     if name not in DATASETS: raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
     if not (isinstance(batch_size, int) and batch_size > 0): raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    check_bool('augment', augment, "Fashion-MNIST's training shifts and mirrors")
-    if not augment and name != 'fashion_mnist':
-        raise ValueError(f"augment=False applies to fashion_mnist only (its training shifts and mirrors); {name!r} has no augmentation")
+    check_augment(augment, name)
     g = torch.Generator().manual_seed(seed)
     if name == 'fashion_mnist':
         tr, va, te = (_limit(d, limit) for d in load_fashion_mnist(path, transform=train_transform, augment=augment))

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Subset
 import tq_nb
 from .binarize import EDE_METHODS, METHODS as BINARIZE_METHODS, PATTERNS
 from .checks import check_bool, check_choice, check_float, check_int, check_module
-from .data import DATASETS, atomic_write_bytes, data_dir, get_dls, project_root
+from .data import DATASETS, atomic_write_bytes, check_augment, data_dir, get_dls, project_root
 from .learner import (OPTS, SCHEDS, WARMUP, DistillCB, Learner, default_milestones, get_device, init_from_checkpoint_, select_best,
                              to_device)
 from .transformer import PRESETS, build_model
@@ -29,10 +29,10 @@ __all__ = ['METHODS', 'BINARIZERS', 'EDE_BINARIZERS', 'KD_ROWS', 'EXPERIMENTS', 
            'check_experiment', 'experiment_parts', 'get_experiment', 'experiments_table', 'Suite', 'get_suite',
            'suite_experiments', 'run_tag', 'checkout_dir', 'default_res_dir', 'result_path', 'ckpt_path', 'Run',
            'suite_runs', 'load_data', 'apply_method_', 'calibration_batches', 'calibrate_model_', 'variant_model',
-           'build_variant', 'run_config', 'train_command', 'environment', 'read_result', 'write_json', 'RunInProgress',
-           'lock_run', 'prepare_ckpt_dir', 'teacher_model', 'run_experiment', 'fp_checkpoint', 'run_suite',
-           'load_results', 'summary_table', 'format_summary', 'experiment_from_flags', 'tq_train', 'list_text',
-           'tq_experiments']
+           'build_variant', 'run_config', 'train_command', 'cpu_name', 'environment', 'read_result', 'write_json',
+           'RunInProgress', 'lock_run', 'prepare_ckpt_dir', 'teacher_model', 'run_experiment', 'fp_checkpoint',
+           'run_suite', 'load_results', 'summary_table', 'format_summary', 'experiment_from_flags', 'tq_train',
+           'list_text', 'tq_experiments']
 
 # %% ../nbs/07_experiments.ipynb #285944a1
 METHODS = ('fp', 'quantize', 'fully', 'binarize')
@@ -319,9 +319,8 @@ class Run:
         object.__setattr__(self, 'preset', check_name('preset', self.preset or e.preset or 'quick', PRESETS))
         check_int('seed', self.seed, 0)
         _maybe(check_int, 'epochs', self.epochs, 1); _maybe(check_int, 'train_limit', self.train_limit, 1)
-        check_path('res_dir', self.res_dir); check_path('ckpt_root', self.ckpt_root); check_bool('augment', self.augment)
-        if not self.augment and e.dataset != 'fashion_mnist':
-            raise ValueError(f"augment=False applies to fashion_mnist only, but {e.name!r} trains on {e.dataset!r}")
+        check_path('res_dir', self.res_dir); check_path('ckpt_root', self.ckpt_root)
+        check_augment(self.augment, e.dataset, repr(e.name))   # early, before any data loads
 
     def __repr__(self):
         rest = ''.join(f', {k}={getattr(self, k)!r}' for k in ('epochs', 'train_limit', 'res_dir', 'ckpt_root') if getattr(self, k) is not None)
@@ -471,7 +470,8 @@ def _git_commit() -> dict | None:
         return dict(commit=run('rev-parse', 'HEAD'), dirty=bool(run('status', '--porcelain', '--', 'tq_nb', 'nbs')))
     except (OSError, subprocess.SubprocessError): return None
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    "This CPU's model name, from /proc/cpuinfo (else what `platform` knows): recorded with every result and benchmark."
     try: return next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
     except (OSError, StopIteration): return platform.processor() or platform.machine()
 
@@ -479,7 +479,7 @@ def environment(device) -> dict:
     "Versions, device and threads, recorded with every result."
     import numpy, fastcore
     dev = torch.device(device)
-    name = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else _cpu_name()
+    name = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else cpu_name()
     return dict(versions=dict(tq_nb=tq_nb.__version__, torch=torch.__version__, python=platform.python_version(),
                               numpy=numpy.__version__, fastcore=fastcore.__version__, platform=platform.platform()),
                 device=str(dev), device_name=name, threads=torch.get_num_threads(), git=_git_commit())

@@ -24,7 +24,7 @@ from .binarize import METHODS, binarize_
 from .memory import model_size
 from .deploy import convert_
 from .baselines import fit_logreg
-from .experiments import _cpu_name
+from .experiments import cpu_name
 from .hf import load_minilm, minilm_folder, require_transformers
 
 # %% auto #0
@@ -323,7 +323,7 @@ def cpu_features() -> dict:
     "This CPU's name and which of `INT8_DOT_FLAGS` (int8 dot-product instructions; `torch._int_mm` is fast on a CPU only with one) it has."
     try: flags = set(next(l for l in open('/proc/cpuinfo') if l.startswith('flags')).split(':', 1)[1].split())
     except (OSError, StopIteration): flags = set()
-    return dict(name=_cpu_name(), int8_dot=[f for f in INT8_DOT_FLAGS if f in flags])
+    return dict(name=cpu_name(), int8_dot=[f for f in INT8_DOT_FLAGS if f in flags])
 
 def _result_meta(command: str, t0: float, sizes: dict, tag: str) -> dict:
     return dict(model=tag, sizes=sizes, wall_time=time.time() - t0, versions=_versions(), command=command,
