@@ -413,7 +413,8 @@ def findings_summary(runs: pd.DataFrame, chapters: dict | None = None, k: float 
                          'seeds': f.seeds, 'verdict': f.verdict}, index=f.index)
 
 # %% ../nbs/09_report.ipynb #976de54b
-BUDGET_TAGS = {'wordnet': ('base_e3', 'base', 'base_e12', 'base_n10000', 'base_n40000', 'wide', 'long', 'wide_long'),
+BUDGET_TAGS = {'wordnet': ('base_e3', 'base', 'base_e12', 'base_n10000', 'base_n40000', 'wide', 'long', 'wide_long',
+                           'dropout', 'dropout_e12', 'wide_dropout', 'vocab16k'),
                'fashion_mnist': ('base_e3', 'base', 'base_e12', 'base_e24', 'base_e12_noaug', 'base_e24_noaug')}
 
 def budget_runs(dataset: str = 'wordnet', res_dir=None, tags=None) -> pd.DataFrame:
@@ -425,7 +426,8 @@ def budget_runs(dataset: str = 'wordnet', res_dir=None, tags=None) -> pd.DataFra
             r = read_result(p)
             b, s = select_best(r['history']), r['config']['preset_settings']
             rows.append(dict(tag=tag, seed=r['seed'], preset=r['preset'], epochs=r['config']['epochs'],
-                             train_limit=r['config']['train_limit'], d_model=s['d_model'], max_len=s.get('max_len'), augment=r['config'].get('augment', True),
+                             train_limit=r['config']['train_limit'], d_model=s['d_model'], max_len=s.get('max_len'), dropout=s.get('dropout'), vocab_size=s.get('vocab_size'),
+                             augment=r['config'].get('augment', True),
                              best_epoch=b['epoch'],
                              train_acc=b['train_acc'], valid_acc=b['valid_acc'], test_acc=b['test_acc'],
                              train_time=r['train_time'], command=r['command']))
@@ -447,6 +449,15 @@ def doubling_gains(runs: pd.DataFrame, threshold: float = 1.0, augment: bool = T
     return pd.DataFrame(rows, columns=['epochs', 'gain', 'plateau'])
 
 # %% ../nbs/09_report.ipynb #f4a7d5fc
+_LABELLED = ('d_model', 'max_len', 'dropout', 'vocab_size')   # the settings a budget point is labelled by where they differ from `base`
+
+def _budget_label(r: pd.Series) -> str:
+    "How budget run `r` (a row of `budget_runs`) differs from `base` on all the data, for its point in the figure."
+    if r.train_limit == r.train_limit and r.train_limit: return f"{int(r.train_limit):,} examples"
+    known = lambda v: v is not None and v == v
+    diff = [f"{k} {r[k]:g}" for k in _LABELLED if k in r and known(r[k]) and r[k] != PRESETS['base'][k]]
+    return ', '.join(diff) or r.preset
+
 def budget_figure(runs_by_dataset: dict, references: dict | None = None):
     "One panel per dataset: FP test accuracy (%) against epochs, other budgets as labelled points, `references` {dataset: {label: acc}} as dashed lines."
     if not (isinstance(runs_by_dataset, dict) and runs_by_dataset):
@@ -460,8 +471,7 @@ def budget_figure(runs_by_dataset: dict, references: dict | None = None):
             p = runs[plain].groupby('epochs').test_acc.mean()
             ax.plot(p.index, 100 * p.values, 'o-', label='base, all data, no augmentation')
         for _, r in runs[~full & ~plain].iterrows():
-            what = (f"{int(r.train_limit):,} examples" if r.train_limit == r.train_limit and r.train_limit
-                    else f"d_model {int(r.d_model)}" + (f", max_len {int(r.max_len)}" if r.max_len == r.max_len and r.max_len else ''))
+            what = _budget_label(r)
             ax.plot(r.epochs, 100 * r.test_acc, 's'); ax.annotate(what, (r.epochs, 100 * r.test_acc), fontsize=8,
                                                                  xytext=(4, -3), textcoords='offset points')
         for i, (label, acc) in enumerate((references or {}).get(ds, {}).items()):
