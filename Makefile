@@ -28,10 +28,11 @@ study: setup
 	  sleep 10; $(RUN2) --suite $$s --seeds 0 1 2; wait; \
 	done
 
-## test: everything CI checks: library in sync with notebooks, notebook tests, property tests, docs site
+## test: everything CI checks: library in sync with notebooks, notebook tests, property tests, docs site;
+## on both cores (pytest-xdist: notebooks spread one by one, every other test file kept whole on one worker)
 test: setup
 	$(BIN)/python tests/check_export.py
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15 tests
 
 ## test-explore: the property tests with fresh random examples (the gate above is derandomized, so reproducible)
 test-explore: setup
