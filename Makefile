@@ -9,23 +9,25 @@ setup:
 	bash .ci/setup --browser
 
 ## main: the real job, about 20 minutes on 2 cores: retrain the study's headline rows (suite `headline`, seed 0,
-## --preset base) as two one-thread runs side by side into scratch/ (git-ignored; an interrupted main resumes),
-## then print whether each rerun reproduces the committed result in res/
-RUN2 = $(BIN)/tq_experiments --preset base --threads 1 --device cpu
+## --preset dropout, the study's WordNet budget) as two one-thread runs side by side into scratch/ (git-ignored; an
+## interrupted main resumes), then print whether each rerun reproduces the committed result in res/
+RUN2 = $(BIN)/tq_experiments --threads 1 --device cpu
 main: setup
 	mkdir -p scratch
-	TQ_NB_DATA=scratch/data $(RUN2) --suite headline --seeds 0 --res_dir scratch/res > scratch/main-worker2.log 2>&1 & \
-	sleep 10; TQ_NB_DATA=scratch/data $(RUN2) --suite headline --seeds 0 --res_dir scratch/res; \
+	TQ_NB_DATA=scratch/data $(RUN2) --suite headline --preset dropout --seeds 0 --res_dir scratch/res > scratch/main-worker2.log 2>&1 & \
+	sleep 10; TQ_NB_DATA=scratch/data $(RUN2) --suite headline --preset dropout --seeds 0 --res_dir scratch/res; \
 	wait; echo "(the second worker's log: scratch/main-worker2.log)"
-	$(BIN)/tq_reproduce --suite headline --preset base --seed 0 --scratch scratch/res
+	$(BIN)/tq_reproduce --suite headline --preset dropout --seed 0 --scratch scratch/res
 
-## study: the whole study matrix (suites study, vision_study and vision_plain, seeds 0 1 2) into res/, resumably, two one-thread
-## runs side by side: many hours on 2 cores; rerun the same command to continue after an interruption
+## study: the whole study matrix into res/, resumably, two one-thread runs side by side: suite study on WordNet at
+## --preset dropout, then vision_study and vision_plain on Fashion-MNIST at --preset base, seeds 0 1 2: many hours on
+## 2 cores; rerun the same command to continue after an interruption
 study: setup
 	mkdir -p scratch
-	for s in study vision_study vision_plain; do \
-	  $(RUN2) --suite $$s --seeds 0 1 2 > scratch/study-worker2.log 2>&1 & \
-	  sleep 10; $(RUN2) --suite $$s --seeds 0 1 2; wait; \
+	for sp in study:dropout vision_study:base vision_plain:base; do \
+	  s=$${sp%%:*}; p=$${sp##*:}; \
+	  $(RUN2) --suite $$s --preset $$p --seeds 0 1 2 > scratch/study-worker2.log 2>&1 & \
+	  sleep 10; $(RUN2) --suite $$s --preset $$p --seeds 0 1 2; wait; \
 	done
 
 ## test: everything CI checks: library in sync with notebooks, notebook tests, property tests, docs site;

@@ -17,7 +17,7 @@ from fastcore.script import call_parse, Param
 
 from .checks import check_bool, check_float, check_int
 from .data import AG_NEWS_CLASSES, FASHION_MNIST_CLASSES, NOUN_LEXNAMES
-from .experiments import (EXPERIMENTS, Run, check_frame, check_name, check_path, checkout_dir, default_res_dir, format_summary,
+from .experiments import (EXPERIMENTS, STUDY_PRESET, Run, check_frame, check_name, check_path, checkout_dir, default_res_dir, format_summary,
                                get_experiment, get_suite, load_results, read_result, suite_runs, summary_table, variant_model)
 from .fully_quantize import calibrate_
 from .learner import select_best
@@ -414,7 +414,7 @@ def findings_summary(runs: pd.DataFrame, chapters: dict | None = None, k: float 
 
 # %% ../nbs/09_report.ipynb #976de54b
 BUDGET_TAGS = {'wordnet': ('base_e3', 'base', 'base_e12', 'base_n10000', 'base_n40000', 'wide', 'long', 'wide_long',
-                           'dropout', 'dropout_e12', 'wide_dropout', 'vocab16k'),
+                           'dropout_e6', 'dropout', 'dropout_e24', 'wide_dropout', 'vocab16k'),
                'fashion_mnist': ('base_e3', 'base', 'base_e12', 'base_e24', 'base_e12_noaug', 'base_e24_noaug')}
 
 def budget_runs(dataset: str = 'wordnet', res_dir=None, tags=None) -> pd.DataFrame:
@@ -434,16 +434,16 @@ def budget_runs(dataset: str = 'wordnet', res_dir=None, tags=None) -> pd.DataFra
     return pd.DataFrame(rows)
 
 # %% ../nbs/09_report.ipynb #86932249
-def _base_all_data(runs: pd.DataFrame, augment: bool = True) -> pd.Series:
-    "Which of the budget runs `runs` are at the `base` size on all the data, with augmentation `augment` (the plateau rule's runs)."
-    check_frame('runs', runs); check_bool('augment', augment)
+def _base_all_data(runs: pd.DataFrame, augment: bool = True, preset: str = 'base') -> pd.Series:
+    "Which of the budget runs `runs` are at `preset` on all the data, with augmentation `augment` (the plateau rule's runs)."
+    check_frame('runs', runs); check_bool('augment', augment); check_name('preset', preset, PRESETS)
     aug = runs.augment == augment if 'augment' in runs else pd.Series(augment, index=runs.index)
-    return (runs.preset == 'base') & runs.train_limit.isna() & aug
+    return (runs.preset == preset) & runs.train_limit.isna() & aug
 
-def doubling_gains(runs: pd.DataFrame, threshold: float = 1.0, augment: bool = True) -> pd.DataFrame:
-    "Test-accuracy gain in points from doubling the epochs (`base`, all data, augmentation `augment`; mean over seeds), and whether it is < `threshold`."
+def doubling_gains(runs: pd.DataFrame, threshold: float = 1.0, augment: bool = True, preset: str = 'base') -> pd.DataFrame:
+    "Test-accuracy gain in points from doubling the epochs (`preset`, all data, augmentation `augment`; mean over seeds), and whether it is < `threshold`."
     check_float('threshold', threshold)
-    full = runs[_base_all_data(runs, augment)].groupby('epochs').test_acc.mean()
+    full = runs[_base_all_data(runs, augment, preset)].groupby('epochs').test_acc.mean()
     rows = [dict(epochs=f'{a} → {2*a}', gain=100 * (full[2*a] - full[a]), plateau=100 * (full[2*a] - full[a]) < threshold)
             for a in full.index if 2*a in full.index]
     return pd.DataFrame(rows, columns=['epochs', 'gain', 'plateau'])
@@ -470,10 +470,17 @@ def budget_figure(runs_by_dataset: dict, references: dict | None = None):
         if plain.any():
             p = runs[plain].groupby('epochs').test_acc.mean()
             ax.plot(p.index, 100 * p.values, 'o-', label='base, all data, no augmentation')
-        for _, r in runs[~full & ~plain].iterrows():
-            what = _budget_label(r)
-            ax.plot(r.epochs, 100 * r.test_acc, 's'); ax.annotate(what, (r.epochs, 100 * r.test_acc), fontsize=8,
-                                                                 xytext=(4, -3), textcoords='offset points')
+        lines = [p for p in runs.preset.unique() if p != 'base' and runs[_base_all_data(runs, preset=p)].epochs.nunique() > 1]
+        for p in lines:                                         # another preset trained at several epoch counts: a line of its own
+            s = runs[_base_all_data(runs, preset=p)].groupby('epochs').test_acc.mean()
+            ax.plot(s.index, 100 * s.values, 'o-', label=f'{p}, all data')
+            full = full | _base_all_data(runs, preset=p)
+        points = runs[~full & ~plain].sort_values('test_acc', ascending=False)
+        for k, (_, r) in enumerate(points.iterrows()):
+            nth = (points.epochs.iloc[:k] == r.epochs).sum()    # points at the same epoch count get their labels stacked
+            ax.plot(r.epochs, 100 * r.test_acc, 's', color=f'C{k % 10}')
+            ax.annotate(_budget_label(r), (r.epochs, 100 * r.test_acc), fontsize=7, color=f'C{k % 10}', xytext=(6, 6 - 9 * nth),
+                        textcoords='offset points', arrowprops=dict(arrowstyle='-', lw=0.4, color=f'C{k % 10}') if nth else None)
         for i, (label, acc) in enumerate((references or {}).get(ds, {}).items()):
             ax.axhline(100 * acc, ls='--', lw=1, color=f'C{i + 2}', label=label)
         ax.set_xscale('log', base=2); ax.set_xticks(sorted(runs.epochs.unique())); ax.xaxis.set_major_formatter(mticker.ScalarFormatter())
@@ -512,7 +519,7 @@ def reproduction_table(suite: str, preset: str, seed: int = 0, scratch_res=None,
 @call_parse
 def tq_reproduce(
     suite: Param("suite whose runs were retrained", str)='headline',
-    preset: Param("model and training size they were trained at", str, choices=list(PRESETS))='base',
+    preset: Param("model and training size they were trained at", str, choices=list(PRESETS))=STUDY_PRESET,
     seed: Param("the seed retrained", int)=0,
     scratch: Param("results folder of the reruns", str)='scratch/res',
     res_dir: Param("committed results folder (default: res/ of the checkout)", str)=None,
