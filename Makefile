@@ -31,7 +31,7 @@ study: setup
 	done
 
 ## test: everything CI checks: library in sync with notebooks, notebook tests, property tests, docs site;
-## on both cores (pytest-xdist: notebooks spread one by one, every other test file kept whole on one worker)
+## on both cores (pytest-xdist: tests spread one by one, the docs tests kept together on one worker)
 test: setup
 	$(BIN)/python tests/check_export.py
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15 tests

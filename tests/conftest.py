@@ -9,10 +9,20 @@ settings.register_profile('explore', derandomize=False, deadline=None, print_blo
 settings.load_profile('explore' if os.environ.get('TQ_NB_EXPLORE', '').lower() in ('1', 'true', 'yes') else 'gate')
 
 
-# `make test` runs the tests on both cores (pytest-xdist, `-n 2 --dist loadgroup`). The notebooks are spread one by
-# one; every other file stays whole on one worker, so its module-scoped fixtures (a trained run, the built docs
-# site) are made once, and no two workers build `_docs/` at the same time.
+
+# `make test` runs the tests on both cores (pytest-xdist, `-n 2 --dist loadgroup`), spread test by test, except the
+# docs tests: they build `_docs/` in the checkout once (a module-scoped fixture), so they stay together on one worker.
+# tryfirst: xdist reads the group marks in its own collection hook, which must run after this one.
+import pytest
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    import pytest
     for item in items:
-        if item.path.name != 'test_notebooks.py': item.add_marker(pytest.mark.xdist_group(item.path.stem))
+        if item.path.name == 'test_docs.py': item.add_marker(pytest.mark.xdist_group('docs'))
+
+# Two workers on two cores: each runs torch on one thread (and so do the CLIs the tests spawn, through the
+# environment), as the notebooks do; more threads than cores makes every test many times slower.
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    os.environ.setdefault('OMP_NUM_THREADS', '1')
+    import torch
+    torch.set_num_threads(1)

@@ -284,8 +284,10 @@ def test_retired_deploy_format_loads_with_a_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter('error')     # rewritten in the checksummed format: no warning
         new = load_int(save_int(old, tmp_path/'v2.safetensors'))
-    with torch.no_grad():
-        assert torch.equal(old(e['ids']), e['deploy_logits']) and torch.equal(new(e['ids']), e['deploy_logits'])
+    with torch.no_grad(): y_old, y_new = old(e['ids']), new(e['ids'])
+    assert torch.equal(y_old, y_new)      # the rewritten checkpoint is the same model, exactly
+    # the fixture's logits were computed on another CPU, whose float kernels (LayerNorm, softmax) may differ in the last bit
+    torch.testing.assert_close(y_old, e['deploy_logits'], rtol=1e-6, atol=1e-6)
 
 
 @SETTINGS

@@ -247,17 +247,20 @@ def _fixture_out(ids):
 def test_retired_packed_format_loads_exactly(expected, tmp_path):
     out = _fixture_out(expected['ids'])
     m = load_packed(_fixture_model(1), FIXTURES/'packed_v1.safetensors')
-    assert torch.equal(out(m), expected['packed_logits'])
+    # the fixture's logits were computed on another CPU, whose float kernels may differ in the last bit
+    torch.testing.assert_close(out(m), expected['packed_logits'], rtol=1e-6, atol=1e-6)
     assert isinstance(m.layers[0].ffn.w1, PinnedLinear) and not isinstance(m.layers[0].mha.q, PinnedLinear)
     again = load_packed(_fixture_model(2), save_packed(m, tmp_path/'v2.safetensors'))
-    assert torch.equal(out(again), expected['packed_logits'])
+    assert torch.equal(out(again), out(m))      # rewritten in the current format: the same model, exactly
 
 
 @settings(max_examples=30, deadline=None)
 @given(st.data())
 def test_retired_packed_format_corruption_is_caught(expected, data):
     path = damaged((FIXTURES/'packed_v1.safetensors').read_bytes(), data)
-    fails_cleanly_or_loads_exactly(load_packed, _fixture_model(3), path, _fixture_out(expected['ids']), expected['packed_logits'])
+    out = _fixture_out(expected['ids'])
+    intact = out(load_packed(_fixture_model(1), FIXTURES/'packed_v1.safetensors'))   # on this CPU, so compared exactly
+    fails_cleanly_or_loads_exactly(load_packed, _fixture_model(3), path, out, intact)
 
 
 def test_pinned_layer_is_a_class_not_patched_methods(expected):
