@@ -9,17 +9,10 @@ settings.register_profile('explore', derandomize=False, deadline=None, print_blo
 settings.load_profile('explore' if os.environ.get('TQ_NB_EXPLORE', '').lower() in ('1', 'true', 'yes') else 'gate')
 
 
-
 # `make test` runs the tests on both cores (pytest-xdist, `-n 2 --dist loadgroup`), spread test by test, except the
-# docs tests: they build `_docs/` in the checkout once (a module-scoped fixture), so they stay together on one worker.
-# tryfirst: xdist reads the group marks in its own collection hook, which must run after this one.
-import pytest
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.path.name == 'test_docs.py': item.add_marker(pytest.mark.xdist_group('docs'))
-
+# docs tests (tests/test_docs.py marks itself xdist_group 'docs'): they build `_docs/` in the checkout once.
+# settings.ini pins pytest<9: pytest-xdist 3.8 groups by rewriting `item._nodeid`, which pytest 9 no longer reads,
+# so under pytest 9 the group is ignored and two workers build the site at the same time.
 # Two workers on two cores: each runs torch on one thread (and so do the CLIs the tests spawn, through the
 # environment), as the notebooks do; more threads than cores makes every test many times slower.
 if os.environ.get('PYTEST_XDIST_WORKER'):

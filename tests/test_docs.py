@@ -9,6 +9,9 @@ from functools import partial
 from pathlib import Path
 import pytest
 
+# one worker builds and serves the site for all of these tests (`make test` runs pytest-xdist with --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("docs")
+
 root = Path(__file__).resolve().parent.parent
 site = root/'_docs'
 shots = Path(__file__).resolve().parent/'screenshots'
