@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 setup:
 	bash .ci/setup --browser
 
-## main: the real job, about 20 minutes on 2 cores: retrain the study's headline rows (suite `headline`, seed 0,
+## main: the real job, about 20-25 minutes on 2 cores: retrain the study's headline rows (suite `headline`, seed 0,
 ## --preset dropout, the study's WordNet budget) as two one-thread runs side by side into scratch/ (git-ignored; an
 ## interrupted main resumes), then print whether each rerun reproduces the committed result in res/
 RUN2 = $(BIN)/tq_experiments --threads 1 --device cpu
