@@ -249,7 +249,7 @@ SUITES = {s.name: s for s in [
     Suite('schedule', ('fp', 'fp_cosine', 'fp_onecycle'),
           about="the budget study's schedules: Adam with step decay against AdamW with warm-up and cosine, and one-cycle (--preset base)"),
     Suite('headline', ('fp', 'w8a8', 'bin_scaled', 'bin'),
-          about="make main: the study's headline rows for one seed (full precision, W8A8, the original's binarizer and the one that trains), about 20 minutes as two one-thread runs with --preset dropout"),
+          about="make main: the study's headline rows for one seed (full precision, W8A8, the original's binarizer and the one that trains), about 20-25 minutes as two one-thread runs with --preset dropout"),
     Suite('vision_study', ('fp', 'w8', 'w4', 'w2', 'w8a8', 'bin', 'bin_scaled', 'irnet'), dataset='fashion_mnist', epochs=12,
           about='EXP1 methods on all 60k Fashion-MNIST images, 12 epochs, training images shifted and mirrored'),
     Suite('vision_plain', ('fp', 'w8', 'w4', 'w2', 'w8a8', 'bin', 'bin_scaled', 'irnet'), dataset='fashion_mnist', epochs=12, augment=False,

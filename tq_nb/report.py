@@ -15,9 +15,10 @@ import pandas as pd
 import seaborn as sns
 from fastcore.script import call_parse, Param
 
+from .baselines import load_baselines
 from .checks import check_bool, check_float, check_int
 from .data import AG_NEWS_CLASSES, FASHION_MNIST_CLASSES, NOUN_LEXNAMES
-from .experiments import (EXPERIMENTS, STUDY_PRESET, Run, check_frame, check_name, check_path, checkout_dir, default_res_dir, format_summary,
+from .experiments import (EARLIER_STUDY_PRESET, EXPERIMENTS, STUDY_PRESET, Run, check_frame, check_name, check_path, checkout_dir, default_res_dir, format_summary,
                                get_experiment, get_suite, load_results, read_result, suite_runs, summary_table, variant_model)
 from .fully_quantize import calibrate_
 from .learner import select_best
@@ -28,7 +29,8 @@ from .transformer import PRESETS
 __all__ = ['RUN_COLUMNS', 'VERDICTS', 'FINDINGS', 'DECIDED', 'CHANGES', 'TRAINED_BINARIZER_ROWS', 'N_CLASSES', 'BUDGET_TAGS',
            'suite_budget', 'load_runs', 'suite_command', 'missing_runs', 'missing_note', 'with_results',
            'accuracy_table', 'original_relation', 'verdict', 'findings', 'pairs_within', 'conclusions',
-           'verdict_changes', 'changes_note', 'trained_binarizer_pairs', 'epoch_history', 'step_log', 'plot_lines',
+           'verdict_changes', 'changes_note', 'trained_binarizer_pairs', 'study_part', 'seeded_findings',
+           'budget_changes', 'settled_findings', 'bar_lines', 'epoch_history', 'step_log', 'plot_lines',
            'curves_figure', 'accuracy_figure', 'figures_dir', 'save_figure', 'save_and_show', 'fresh_model',
            'size_table', 'method_table', 'markdown_table', 'results_markdown', 'findings_summary', 'budget_runs',
            'doubling_gains', 'budget_figure', 'compare_histories', 'reproduction_table', 'tq_reproduce']
@@ -236,6 +238,49 @@ def trained_binarizer_pairs(pairs) -> list:
         rel = p[2] if len(p) > 2 else original_relation(a, b)
         out.append((TRAINED_BINARIZER_ROWS.get(a, a), TRAINED_BINARIZER_ROWS.get(b, b), rel))
     return out
+
+# %% ../nbs/09_report.ipynb #0074e976
+def study_part(suite: str, preset: str, experiments, res_dir=None) -> tuple:
+    "(the runs of `experiments` at `suite`'s budget with `preset`, those of `experiments` in the suite that have results, the `missing_note` on the suite's ones)."
+    runs = load_runs(suite, preset, experiments=experiments, res_dir=res_dir)
+    in_suite = [n for n in experiments if n in get_suite(suite).experiments]
+    return runs, [n for n in in_suite if n in set(runs.experiment)], missing_note(runs, in_suite, suite, preset)
+
+def seeded_findings(runs: pd.DataFrame, pairs, min_seeds: int = 2):
+    "`findings(runs, pairs)` once some experiment of `runs` has `min_seeds` seeds or more; None before that."
+    check_int('min_seeds', min_seeds, 2)
+    return findings(runs, pairs) if check_frame('runs', runs).groupby('experiment').seed.nunique().ge(min_seeds).any() else None
+
+def budget_changes(earlier: pd.DataFrame, study, labels=(EARLIER_STUDY_PRESET, STUDY_PRESET)):
+    "`verdict_changes` from findings table `earlier` to `study` on the findings with results in `study`; None while there are none."
+    if study is None: return None
+    have = list(check_frame('study', study).index[study.verdict != 'no results'])
+    return verdict_changes(check_frame('earlier', earlier).loc[have], study.loc[have], labels) if have else None
+
+def settled_findings(earlier: pd.DataFrame, study, labels=(EARLIER_STUDY_PRESET, STUDY_PRESET)) -> tuple:
+    "(`study`, `labels[1]`) once every finding of `study` has results, else (`earlier`, `labels[0]`): the newest complete budget's verdicts."
+    check_frame('earlier', earlier)
+    done = study is not None and not (check_frame('study', study).verdict == 'no results').any()
+    return (study, labels[1]) if done else (earlier, labels[0])
+
+# %% ../nbs/09_report.ipynb #48023601
+def bar_lines(runs: pd.DataFrame, label: str, bag: float | None = None) -> str:
+    "Markdown: #16's bars on `runs` (a WordNet study at one budget, called `label`); `bag` is the WordPiece bag of words' test accuracy in % (None: from `res/baselines`)."
+    m = check_frame('runs', runs).groupby('experiment').test_acc_at_best.agg(['mean', 'size'])
+    if 'fp' not in m.index: return f'At `{label}`: no full-precision run yet.'
+    if bag is None: bag = 100 * load_baselines().test_acc['wordnet_wordpiece']
+    fp_acc = 100 * m.loc['fp', 'mean']
+    out = [f"full precision {fp_acc:.1f} % ({m.loc['fp', 'size']} seeds) against the WordPiece bag of words {bag:.1f} % + 2: "
+           + ('met' if fp_acc >= bag + 2 else 'not met') + f" ({fp_acc - bag:+.1f} points)"]
+    if 'w8a8' in m.index:
+        d = 100 * m.loc['w8a8', 'mean'] - fp_acc
+        out.append(f"W8A8 {d:+.1f} points from full precision ({m.loc['w8a8', 'size']} seeds): " + ('within 1 point' if d >= -1 else 'not within 1 point'))
+    binz = [n for n in m.index if get_experiment(n).method == 'binarize']
+    if binz:
+        b = max(binz, key=lambda n: m.loc[n, 'mean']); d = 100 * m.loc[b, 'mean'] - fp_acc
+        out.append(f"the best 1-bit row so far, `{b}`, {d:+.1f} points ({m.loc[b, 'size']} seeds; {len(binz)} binarized row{'s' if len(binz) != 1 else ''} run so far): "
+                   + ('within 3 points' if d >= -3 else 'not within 3 points'))
+    return f'The bars of issue #16 at `{label}`: ' + '; '.join(out) + '.'
 
 # %% ../nbs/09_report.ipynb #d6fb047c
 def epoch_history(runs: pd.DataFrame) -> pd.DataFrame:
