@@ -1,10 +1,14 @@
 """Properties of tq_nb.report: the verdict rule (symmetry, more caution never makes a finding hold, clear
-cases), and load_runs/missing_runs agreeing on what exists for any subset of runs on disk."""
+cases), load_runs/missing_runs agreeing on what exists for any subset of runs on disk, the two-budget helpers
+(budget_changes, settled_findings) and the bars of #16 (bar_lines) on any verdicts and accuracies."""
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
 from tq_nb.experiments import write_json
-from tq_nb.report import VERDICTS, load_runs, markdown_table, missing_runs, suite_budget, verdict
+import pandas as pd
+
+from tq_nb.report import (VERDICTS, bar_lines, budget_changes, load_runs, markdown_table, missing_runs, settled_findings,
+                         suite_budget, verdict)
 
 accs = st.lists(st.floats(0, 100, allow_nan=False), min_size=2, max_size=5)
 rels = st.sampled_from(['<', '>', '≈'])
@@ -52,3 +56,26 @@ def test_markdown_table_has_one_line_per_row_and_escapes_pipes(cells):
     lines = md.split('\n')
     assert len(lines) == len(cells) + 2
     assert all(l.count('|') - l.count('\\|') == 3 for l in lines)   # two columns: three unescaped pipes a line
+
+verdict_lists = st.lists(st.sampled_from(VERDICTS[:3] + ('no results',)), min_size=1, max_size=6)
+
+@given(verdict_lists, st.data())
+def test_budget_helpers_follow_the_findings_with_results(after, data):
+    before = data.draw(st.lists(st.sampled_from(VERDICTS[:3]), min_size=len(after), max_size=len(after)))
+    idx = [f'finding {i}' for i in range(len(after))]
+    earlier = pd.DataFrame({'difference': 0.0, 'verdict': before}, index=idx)
+    study = pd.DataFrame({'difference': 0.0, 'verdict': after}, index=idx)
+    ran = [i for i, v in zip(idx, after) if v != 'no results']
+    t = budget_changes(earlier, study, ('a', 'b'))
+    assert (t is None) == (not ran)
+    if t is not None: assert t.index.tolist() == ran and t['a verdict'].tolist() == [before[idx.index(i)] for i in ran]
+    table, label = settled_findings(earlier, study, ('a', 'b'))
+    assert (label == 'b') == (len(ran) == len(idx)) and table is (study if label == 'b' else earlier)
+
+@given(st.lists(st.floats(0.3, 0.95), min_size=1, max_size=4), st.floats(30, 95))
+def test_bar_lines_says_met_exactly_when_fp_clears_the_bag_by_2(fp, bag):
+    runs = pd.DataFrame({'experiment': 'fp', 'seed': range(len(fp)), 'test_acc_at_best': fp})
+    gap = 100 * np.mean(fp) - bag
+    text = bar_lines(runs, 'x', bag=bag)
+    if abs(gap - 2) > 1e-9: assert (': met (' in text) == (gap >= 2) and ('not met' in text) == (gap < 2), text
+    assert f'({gap:+.1f} points)' in text
