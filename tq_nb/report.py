@@ -239,7 +239,7 @@ def trained_binarizer_pairs(pairs) -> list:
         out.append((TRAINED_BINARIZER_ROWS.get(a, a), TRAINED_BINARIZER_ROWS.get(b, b), rel))
     return out
 
-# %% ../nbs/09_report.ipynb #0074e976
+# %% ../nbs/09_report.ipynb #a73847d4
 def study_part(suite: str, preset: str, experiments, res_dir=None) -> tuple:
     "(the runs of `experiments` at `suite`'s budget with `preset`, those of `experiments` in the suite that have results, the `missing_note` on the suite's ones)."
     runs = load_runs(suite, preset, experiments=experiments, res_dir=res_dir)
@@ -263,7 +263,7 @@ def settled_findings(earlier: pd.DataFrame, study, labels=(EARLIER_STUDY_PRESET,
     done = study is not None and not (check_frame('study', study).verdict == 'no results').any()
     return (study, labels[1]) if done else (earlier, labels[0])
 
-# %% ../nbs/09_report.ipynb #48023601
+# %% ../nbs/09_report.ipynb #296d9d1d
 def bar_lines(runs: pd.DataFrame, label: str, bag: float | None = None) -> str:
     "Markdown: #16's bars on `runs` (a WordNet study at one budget, called `label`); `bag` is the WordPiece bag of words' test accuracy in % (None: from `res/baselines`)."
     m = check_frame('runs', runs).groupby('experiment').test_acc_at_best.agg(['mean', 'size'])
