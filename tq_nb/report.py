@@ -13,27 +13,29 @@ import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
+import torch
 from fastcore.script import call_parse, Param
 
 from .baselines import load_baselines
 from .checks import check_bool, check_float, check_int
 from .data import AG_NEWS_CLASSES, FASHION_MNIST_CLASSES, NOUN_LEXNAMES
-from .experiments import (EARLIER_STUDY_PRESET, EXPERIMENTS, STUDY_PRESET, Run, check_frame, check_name, check_path, checkout_dir, default_res_dir, format_summary,
+from .experiments import (EARLIER_STUDY_PRESET, EXPERIMENTS, STUDY_PRESET, Run, build_variant, cpu_name, load_data, write_json, check_frame, check_name, check_path, checkout_dir, default_res_dir, format_summary,
                                get_experiment, get_suite, load_results, read_result, suite_runs, summary_table, variant_model)
 from .fully_quantize import calibrate_
 from .learner import select_best
 from .memory import example_batch, memory_table
-from .transformer import PRESETS
+from .transformer import PRESETS, build_model
 
 # %% auto #0
 __all__ = ['RUN_COLUMNS', 'VERDICTS', 'FINDINGS', 'DECIDED', 'CHANGES', 'TRAINED_BINARIZER_ROWS', 'N_CLASSES', 'BUDGET_TAGS',
            'suite_budget', 'load_runs', 'suite_command', 'missing_runs', 'missing_note', 'with_results',
            'accuracy_table', 'original_relation', 'verdict', 'findings', 'pairs_within', 'conclusions',
            'verdict_changes', 'changes_note', 'trained_binarizer_pairs', 'study_part', 'seeded_findings',
-           'budget_changes', 'settled_findings', 'bar_lines', 'epoch_history', 'step_log', 'plot_lines',
-           'curves_figure', 'accuracy_figure', 'figures_dir', 'save_figure', 'save_and_show', 'fresh_model',
-           'size_table', 'method_table', 'markdown_table', 'results_markdown', 'findings_summary', 'budget_runs',
-           'doubling_gains', 'budget_figure', 'compare_histories', 'reproduction_table', 'tq_reproduce']
+           'budget_changes', 'settled_findings', 'bar_lines', 'head_activity', 'probe_path', 'probe_head',
+           'load_probes', 'epoch_history', 'step_log', 'plot_lines', 'curves_figure', 'accuracy_figure', 'figures_dir',
+           'save_figure', 'save_and_show', 'fresh_model', 'size_table', 'method_table', 'markdown_table',
+           'results_markdown', 'findings_summary', 'budget_runs', 'doubling_gains', 'budget_figure',
+           'compare_histories', 'reproduction_table', 'tq_reproduce']
 
 # %% ../nbs/09_report.ipynb #a90d8541
 def _budget_run(suite: str, preset: str) -> Run:
@@ -281,6 +283,44 @@ def bar_lines(runs: pd.DataFrame, label: str, bag: float | None = None) -> str:
         out.append(f"the best 1-bit row so far, `{b}`, {d:+.1f} points ({m.loc[b, 'size']} seeds; {len(binz)} binarized row{'s' if len(binz) != 1 else ''} run so far): "
                    + ('within 3 points' if d >= -3 else 'not within 3 points'))
     return f'The bars of issue #16 at `{label}`: ' + '; '.join(out) + '.'
+
+# %% ../nbs/09_report.ipynb #171420c9
+def head_activity(model, batches) -> dict:
+    "On `batches` ((x, mask, y) tuples): the share of `model.cls.hidden`'s ReLU units active on some example, the logits' std across examples (mean over classes), and how many classes are predicted."
+    batches, acts = list(batches), []
+    if not batches: raise ValueError("batches must hold at least one batch")
+    hook = model.cls.hidden.register_forward_hook(lambda mod, inp, out: acts.append(torch.relu(out).detach()))
+    try:
+        with torch.no_grad(): logits = torch.cat([model(x, mask) for x, mask, _ in batches])
+    finally: hook.remove()
+    a = torch.cat(acts)
+    return dict(examples=len(logits), active_units=float((a > 0).any(0).float().mean()), logit_std=float(logits.std(0).mean()),
+                predicted_classes=int(logits.argmax(1).unique().numel()))
+
+def probe_path(name: str, preset: str, seed: int, res_dir=None) -> Path:
+    "Where `probe_head` writes its numbers for run `name` (WordNet, `preset`, `seed`)."
+    run = Run(get_experiment(name), seed, preset)
+    return Path(check_path('res_dir', res_dir) or default_res_dir())/'probes'/'wordnet'/run.tag/f'{name}_s{seed}.json'
+
+def probe_head(name: str, preset: str = STUDY_PRESET, seed: int = 0, batches: int = 16, res_dir=None) -> dict:
+    "`head_activity` of the trained WordNet run `name` at `preset`, `seed` on its first `batches` test batches (its best checkpoint), written to `probe_path`."
+    check_int('batches', batches, 1)
+    run = Run(get_experiment(name), seed, preset)
+    best = run.ckpt_path/'best.pt'
+    if not best.exists(): raise FileNotFoundError(f"{best} does not exist: train the run first ({run.train_command})")
+    dls = load_data('wordnet', preset)
+    model = build_variant(run.experiment, dls, preset, seed, best).eval()
+    out = dict(experiment=name, preset=preset, tag=run.tag, seed=seed, batches=batches,
+               **head_activity(model, [b for _, b in zip(range(batches), dls.test)]), device_name=cpu_name(),
+               command=f'python -c "from tq_nb.report import probe_head; probe_head({name!r}, {preset!r}, {seed})"')
+    write_json(probe_path(name, preset, seed, res_dir), out)
+    return out
+
+def load_probes(preset: str = STUDY_PRESET, res_dir=None) -> pd.DataFrame:
+    "Every `probe_head` result at `preset`, one row per (experiment, seed)."
+    d = probe_path('fp', preset, 0, res_dir).parent
+    rows = [json.loads(p.read_text()) for p in sorted(d.glob('*_s*.json'))] if d.exists() else []
+    return pd.DataFrame(rows, columns=['experiment', 'seed', 'examples', 'active_units', 'logit_std', 'predicted_classes', 'command'])
 
 # %% ../nbs/09_report.ipynb #d6fb047c
 def epoch_history(runs: pd.DataFrame) -> pd.DataFrame:
