@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup main study test test-explore docs export bench
+.PHONY: setup main study probes test test-explore docs export bench
 
 setup:
 	bash .ci/setup --browser
@@ -29,6 +29,12 @@ study: setup
 	  $(RUN2) --suite $$s --preset $$p --seeds 0 1 2 > scratch/study-worker2.log 2>&1 & \
 	  sleep 10; $(RUN2) --suite $$s --preset $$p --seeds 0 1 2; wait; \
 	done
+
+## probes: measure the classifier head (live hidden units, logit spread, classes predicted) of every finished run of
+## the WordNet study whose checkpoint is on this machine, into res/probes/ (chapter 11 shows why a run sits at the
+## majority class); seconds a run
+probes: setup
+	$(BIN)/python -c "from tq_nb.report import probe_runs; probe_runs('study')"
 
 ## test: everything CI checks: library in sync with notebooks, notebook tests, property tests, docs site;
 ## on both cores (pytest-xdist: tests spread one by one, the docs tests kept together on one worker)

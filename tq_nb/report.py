@@ -32,8 +32,8 @@ __all__ = ['RUN_COLUMNS', 'VERDICTS', 'FINDINGS', 'DECIDED', 'CHANGES', 'TRAINED
            'accuracy_table', 'original_relation', 'verdict', 'findings', 'pairs_within', 'conclusions',
            'verdict_changes', 'changes_note', 'trained_binarizer_pairs', 'study_part', 'seeded_findings',
            'budget_changes', 'settled_findings', 'bar_lines', 'head_activity', 'probe_path', 'probe_head',
-           'load_probes', 'epoch_history', 'step_log', 'plot_lines', 'curves_figure', 'accuracy_figure', 'figures_dir',
-           'save_figure', 'save_and_show', 'fresh_model', 'size_table', 'method_table', 'markdown_table',
+           'load_probes', 'probe_runs', 'epoch_history', 'step_log', 'plot_lines', 'curves_figure', 'accuracy_figure',
+           'figures_dir', 'save_figure', 'save_and_show', 'fresh_model', 'size_table', 'method_table', 'markdown_table',
            'results_markdown', 'findings_summary', 'budget_runs', 'doubling_gains', 'budget_figure',
            'compare_histories', 'reproduction_table', 'tq_reproduce']
 
@@ -302,10 +302,10 @@ def probe_path(name: str, preset: str, seed: int, res_dir=None) -> Path:
     run = Run(get_experiment(name), seed, preset)
     return Path(check_path('res_dir', res_dir) or default_res_dir())/'probes'/'wordnet'/run.tag/f'{name}_s{seed}.json'
 
-def probe_head(name: str, preset: str = STUDY_PRESET, seed: int = 0, batches: int = 16, res_dir=None) -> dict:
-    "`head_activity` of the trained WordNet run `name` at `preset`, `seed` on its first `batches` test batches (its best checkpoint), written to `probe_path`."
+def probe_head(name: str, preset: str = STUDY_PRESET, seed: int = 0, batches: int = 16, res_dir=None, ckpt_root=None) -> dict:
+    "`head_activity` of the trained WordNet run `name` at `preset`, `seed` on its first `batches` test batches (its best checkpoint under `ckpt_root`, default data/ckpt), written to `probe_path`."
     check_int('batches', batches, 1)
-    run = Run(get_experiment(name), seed, preset)
+    run = Run(get_experiment(name), seed, preset, ckpt_root=ckpt_root)
     best = run.ckpt_path/'best.pt'
     if not best.exists(): raise FileNotFoundError(f"{best} does not exist: train the run first ({run.train_command})")
     dls = load_data('wordnet', preset)
@@ -321,6 +321,18 @@ def load_probes(preset: str = STUDY_PRESET, res_dir=None) -> pd.DataFrame:
     d = probe_path('fp', preset, 0, res_dir).parent
     rows = [json.loads(p.read_text()) for p in sorted(d.glob('*_s*.json'))] if d.exists() else []
     return pd.DataFrame(rows, columns=['experiment', 'seed', 'examples', 'active_units', 'logit_std', 'predicted_classes', 'command'])
+
+# %% ../nbs/09_report.ipynb #3e4f2c81
+def probe_runs(suite: str = 'study', preset: str = STUDY_PRESET, redo: bool = False, res_dir=None, ckpt_root=None) -> pd.DataFrame:
+    "`probe_head` for each finished WordNet run of `suite` at `preset` whose best checkpoint is here (and, unless `redo`, no probe yet); then `load_probes`."
+    check_bool('redo', redo)
+    if suite_budget(suite, preset)['dataset'] != 'wordnet': raise ValueError(f"suite must be a WordNet suite (the probe reads a text classifier's head), got {suite!r}")
+    runs = load_runs(suite, preset, res_dir=res_dir)
+    for e, s in zip(runs.experiment, runs.seed):
+        if (Run(get_experiment(e), s, preset, ckpt_root=ckpt_root).ckpt_path/'best.pt').exists() and (redo or not probe_path(e, preset, s, res_dir).exists()):
+            r = probe_head(e, preset, s, res_dir=res_dir, ckpt_root=ckpt_root)
+            print(f"{e} seed {s}: {r['active_units']:.0%} of cls.hidden's units alive, {r['predicted_classes']} classes predicted", flush=True)
+    return load_probes(preset, res_dir)
 
 # %% ../nbs/09_report.ipynb #d6fb047c
 def epoch_history(runs: pd.DataFrame) -> pd.DataFrame:
