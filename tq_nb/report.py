@@ -331,7 +331,8 @@ def probe_runs(suite: str = 'study', preset: str = STUDY_PRESET, redo: bool = Fa
     for e, s in zip(runs.experiment, runs.seed):
         if (Run(get_experiment(e), s, preset, ckpt_root=ckpt_root).ckpt_path/'best.pt').exists() and (redo or not probe_path(e, preset, s, res_dir).exists()):
             r = probe_head(e, preset, s, res_dir=res_dir, ckpt_root=ckpt_root)
-            print(f"{e} seed {s}: {r['active_units']:.0%} of cls.hidden's units alive, {r['predicted_classes']} classes predicted", flush=True)
+            k = r['predicted_classes']
+            print(f"{e} seed {s}: {r['active_units']:.0%} of cls.hidden's units alive, predicts {k} class{'es' if k != 1 else ''}", flush=True)
     return load_probes(preset, res_dir)
 
 # %% ../nbs/09_report.ipynb #d6fb047c
