@@ -31,7 +31,7 @@ __all__ = ['RUN_COLUMNS', 'VERDICTS', 'FINDINGS', 'DECIDED', 'CHANGES', 'TRAINED
            'suite_budget', 'load_runs', 'suite_command', 'missing_runs', 'missing_note', 'with_results',
            'accuracy_table', 'original_relation', 'verdict', 'findings', 'pairs_within', 'conclusions',
            'verdict_changes', 'changes_note', 'trained_binarizer_pairs', 'study_part', 'seeded_findings',
-           'budget_changes', 'settled_findings', 'bar_lines', 'head_activity', 'probe_path', 'probe_head',
+           'budget_changes', 'settled_findings', 'bar_lines', 'head_activity', 'probe_path', 'same_run', 'probe_head',
            'load_probes', 'probe_runs', 'epoch_history', 'step_log', 'plot_lines', 'curves_figure', 'accuracy_figure',
            'figures_dir', 'save_figure', 'save_and_show', 'fresh_model', 'size_table', 'method_table', 'markdown_table',
            'results_markdown', 'findings_summary', 'budget_runs', 'doubling_gains', 'budget_figure',
@@ -302,12 +302,19 @@ def probe_path(name: str, preset: str, seed: int, res_dir=None) -> Path:
     run = Run(get_experiment(name), seed, preset)
     return Path(check_path('res_dir', res_dir) or default_res_dir())/'probes'/'wordnet'/run.tag/f'{name}_s{seed}.json'
 
+def same_run(best, result) -> bool:
+    "Whether checkpoint `best` is the selected epoch of result file `result`: same epoch, same test accuracy."
+    if not Path(result).exists(): return False
+    ck, sm = torch.load(best, map_location='cpu', weights_only=False), read_result(result)['summary']
+    return ck.get('epoch') == sm['best_epoch'] and ck.get('metrics', {}).get('test_acc') == sm['test_acc_at_best']
+
 def probe_head(name: str, preset: str = STUDY_PRESET, seed: int = 0, batches: int = 16, res_dir=None, ckpt_root=None) -> dict:
     "`head_activity` of the trained WordNet run `name` at `preset`, `seed` on its first `batches` test batches (its best checkpoint under `ckpt_root`, default data/ckpt), written to `probe_path`."
     check_int('batches', batches, 1)
-    run = Run(get_experiment(name), seed, preset, ckpt_root=ckpt_root)
+    run = Run(get_experiment(name), seed, preset, res_dir=res_dir, ckpt_root=ckpt_root)
     best = run.ckpt_path/'best.pt'
     if not best.exists(): raise FileNotFoundError(f"{best} does not exist: train the run first ({run.train_command})")
+    if not same_run(best, run.result_path): raise ValueError(f"{best} is not the best checkpoint of the result {run.result_path} (a run in progress, or another machine's)")
     dls = load_data('wordnet', preset)
     model = build_variant(run.experiment, dls, preset, seed, best).eval()
     out = dict(experiment=name, preset=preset, tag=run.tag, seed=seed, batches=batches,
@@ -329,10 +336,13 @@ def probe_runs(suite: str = 'study', preset: str = STUDY_PRESET, redo: bool = Fa
     if suite_budget(suite, preset)['dataset'] != 'wordnet': raise ValueError(f"suite must be a WordNet suite (the probe reads a text classifier's head), got {suite!r}")
     runs = load_runs(suite, preset, res_dir=res_dir)
     for e, s in zip(runs.experiment, runs.seed):
-        if (Run(get_experiment(e), s, preset, ckpt_root=ckpt_root).ckpt_path/'best.pt').exists() and (redo or not probe_path(e, preset, s, res_dir).exists()):
-            r = probe_head(e, preset, s, res_dir=res_dir, ckpt_root=ckpt_root)
-            k = r['predicted_classes']
-            print(f"{e} seed {s}: {r['active_units']:.0%} of cls.hidden's units alive, predicts {k} class{'es' if k != 1 else ''}", flush=True)
+        run = Run(get_experiment(e), s, preset, res_dir=res_dir, ckpt_root=ckpt_root)
+        if not (run.ckpt_path/'best.pt').exists() or (probe_path(e, preset, s, res_dir).exists() and not redo): continue
+        if not same_run(run.ckpt_path/'best.pt', run.result_path):
+            print(f'{e} seed {s}: its checkpoint is not the committed result\'s (a run in progress?); skipped', flush=True); continue
+        r = probe_head(e, preset, s, res_dir=res_dir, ckpt_root=ckpt_root)
+        k = r['predicted_classes']
+        print(f"{e} seed {s}: {r['active_units']:.0%} of cls.hidden's units alive, predicts {k} class{'es' if k != 1 else ''}", flush=True)
     return load_probes(preset, res_dir)
 
 # %% ../nbs/09_report.ipynb #d6fb047c
